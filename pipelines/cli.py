@@ -1,0 +1,58 @@
+"""The `lstc` command line: one sub-command per pipeline stage.
+
+Each stage lives in its own module exposing ``register(subparsers)``; this file only
+collects them, so adding a stage never grows a monolithic argparse file. Modules must
+keep heavy imports (torch, ray, mlflow) inside their run functions so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (module, attribute) of each stage's register function, in the order shown by --help.
+STAGES: tuple[str, ...] = (
+    "data_prep.synthetic_cli",  # lstc synth
+    "data_prep.prep_cli",  # lstc prep
+    "pipelines.train_cli",  # lstc train
+    "pipelines.eval_cli",  # lstc eval
+    "pipelines.demo",  # lstc demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstc",
+        description="LSTC referring video segmentation: data prep (Ray Data), training (Ray Train), "
+        "tracking and registry (MLflow), sweeps (Optuna).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in STAGES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # stage not built yet
+            if exc.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
