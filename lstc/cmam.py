@@ -1,0 +1,125 @@
+"""CMAM (cross-modal adaptive modulation) and the CMAM+ progressive language update.
+
+Both work on visual features of any spatial rank, ``V in R^{B x C x S}`` with ``S = H x W``
+(spatial stream) or ``S = T x H x W`` (temporal stream), flattened to ``N`` positions, and on
+word features ``W in R^{B x L x D}`` with padding mask ``M in {0,1}^{B x L}``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lstc.layers import coords_like, group_norm, inv_sqrt, masked_softmax, zero_init
+
+
+class CMAM(nn.Module):
+    r"""Cross-modal adaptive modulation after one encoder stage.
+
+    Equations (positions n = 1..N, words i = 1..L):
+
+    * ``V' = ReLU(GN(Conv1x1([V ; coords8])))``                       (context features)
+    * ``s_i = sum_n <W_q w_i, W_p V'_n>``                             (position-summed similarity)
+    * ``s <- s / ||s||_2`` over the valid words; ``a = softmax_M(tau * s)``   (word weights)
+    * ``l = sum_i a_i w_i``                                           (sentence vector)
+    * ``V <- V + V' * (sigmoid(W_l l + b_l) - 0.5)``                 (channel modulation)
+
+    Follows the CSTM release: coords8 concatenation, position-summed and L2-normalised
+    word-pixel similarity, softmax over words, the ``sigmoid - 0.5`` residual modulation with
+    a zero-initialised ``W_l, b_l`` so the module is the identity at the start. Because the
+    visual features feed it, ``l`` is spatial-relevant after a 2D stage and temporal-relevant
+    after a 3D stage.
+    Ours: padding words are masked in the norm and in the softmax (the release forgets to);
+    GroupNorm instead of BatchNorm (batch-size independent); a learnable temperature ``tau``
+    (initialised to 1, i.e. the release's formula at the start).
+    """
+
+    def __init__(self, *, channels: int, lang_dim: int) -> None:
+        super().__init__()
+        self.context = nn.Sequential(
+            nn.Conv1d(channels + 8, channels, 1, bias=False),
+            group_norm(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.vis_proj = nn.Conv1d(channels, lang_dim, 1)
+        self.word_proj = nn.Linear(lang_dim, lang_dim)
+        self.log_tau = nn.Parameter(torch.zeros(()))
+        self.modulation = zero_init(nn.Linear(lang_dim, channels))
+
+    def word_weights(
+        self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``a [B, L]`` from context features ``V' [B, C, N]``."""
+        pooled = self.vis_proj(context).sum(-1)  # sum_n W_p V'_n  [B, D] (the sum is linear)
+        scores = torch.einsum("bld,bd->bl", self.word_proj(words), pooled)
+        scores = scores.masked_fill(~mask, 0.0)
+        scores = scores / scores.norm(dim=1, keepdim=True).clamp_min(1e-6)
+        return masked_softmax(self.log_tau.exp() * scores, mask, dim=1)
+
+    def forward(
+        self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the modulated features (same shape as `v`) and the sentence vector ``[B, D]``."""
+        b, c = v.shape[:2]
+        x = torch.cat([v, coords_like(v)], dim=1).flatten(2)
+        context = self.context(x)  # [B, C, N]
+        alpha = self.word_weights(context, words, mask)
+        sentence = torch.einsum("bl,bld->bd", alpha, words)
+        gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
+        out = v.flatten(2) + context * gate.unsqueeze(-1)
+        return out.view_as(v), sentence
+
+
+class LanguageUpdate(nn.Module):
+    r"""CMAM+'s progressive language update for one stage of one stream (our design).
+
+    The abstract says the language features are updated progressively, stage by stage and
+    separately for the spatial and temporal streams, to enrich linguistic global context. We
+    let every word gather visual context of its stream by cross-attention and add it through
+    a gated, zero-initialised residual:
+
+    * ``U = AvgPool_{<= P x P}(V)`` with coords8 appended, ``U_n in R^{C+8}`` (pooled positions)
+    * ``q_i = W_q LN(w_i)``, ``k_n = W_k U_n``, ``v_n = W_v U_n``           (h heads)
+    * ``c_i = sum_n softmax_n(q_i . k_n / sqrt(d_h)) v_n``
+    * ``w_i <- w_i + sigmoid(W_g [w_i ; c_i]) * W_o c_i``   with ``W_o = 0`` at init (identity)
+    * padding words are left untouched (and stay masked everywhere downstream).
+
+    The refined words feed the next stage's CMAM of the same stream, and the last ones the
+    decoder. Pooling to at most ``P x P`` positions per frame keeps the cost small at
+    shallow, high-resolution stages.
+    """
+
+    def __init__(self, *, channels: int, lang_dim: int, heads: int, pool: int = 16) -> None:
+        super().__init__()
+        self.heads = heads
+        self.pool = pool
+        self.norm = nn.LayerNorm(lang_dim)
+        self.q = nn.Linear(lang_dim, lang_dim)
+        self.kv = nn.Conv1d(channels + 8, 2 * lang_dim, 1)
+        self.gate = nn.Linear(2 * lang_dim, lang_dim)
+        self.out = zero_init(nn.Linear(lang_dim, lang_dim))
+
+    def _pool(self, v: torch.Tensor) -> torch.Tensor:
+        h, w = v.shape[-2:]
+        if h <= self.pool and w <= self.pool:
+            return v
+        size = (min(h, self.pool), min(w, self.pool))
+        if v.dim() == 5:
+            return F.adaptive_avg_pool3d(v, (v.shape[2], *size))
+        return F.adaptive_avg_pool2d(v, size)
+
+    def forward(self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        u = self._pool(v)
+        u = torch.cat([u, coords_like(u)], dim=1).flatten(2)  # [B, C+8, N]
+        k, val = self.kv(u).chunk(2, dim=1)  # [B, D, N] each
+        b, length, d = words.shape
+        dh = d // self.heads
+        q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
+        k = k.view(b, self.heads, dh, -1)
+        val = val.view(b, self.heads, dh, -1)
+        attn = torch.softmax(torch.matmul(q, k) * inv_sqrt(dh), dim=-1)  # [B, h, L, N]
+        ctx = torch.matmul(attn, val.transpose(2, 3)).transpose(1, 2).reshape(b, length, d)
+        gate = torch.sigmoid(self.gate(torch.cat([words, ctx], dim=-1)))
+        updated = words + gate * self.out(ctx)
+        return torch.where(mask.unsqueeze(-1), updated, words)

@@ -1,0 +1,145 @@
+"""Top-down decoder: per-stage spatial/temporal fusion, LASP between stages, a head per level."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lstc.lasp import LASP
+from lstc.layers import ConvNormAct, resize_to
+
+
+class StreamFusion(nn.Module):
+    r"""Fuse the spatial feature ``S_k`` and the (aligned time slice of the) temporal ``T_k``.
+
+    ``S~ = ConvNormAct1x1(S_k)``, ``T~ = ConvNormAct1x1(T_k)`` (to the level width d_k), then
+
+    * ``concat`` (CSTM release): ``F_k = ConvNormAct3x3([S~ ; T~])``
+    * ``sum`` (ours): ``F_k = ConvNormAct3x3(S~ + T~)``
+    * ``gated`` (ours): ``g = sigmoid(Conv3x3([S~ ; T~]))`` (zero-init: g = 1/2),
+      ``F_k = ConvNormAct3x3(g * S~ + (1 - g) * T~)``
+    * one stream only: ``F_k = ConvNormAct3x3(X~)``.
+    """
+
+    def __init__(
+        self, *, spatial_ch: int | None, temporal_ch: int | None, out_ch: int, mode: str
+    ) -> None:
+        super().__init__()
+        self.mode = mode
+        self.proj_s = ConvNormAct(in_ch=spatial_ch, out_ch=out_ch, kernel=1) if spatial_ch else None
+        self.proj_t = (
+            ConvNormAct(in_ch=temporal_ch, out_ch=out_ch, kernel=1) if temporal_ch else None
+        )
+        both = spatial_ch is not None and temporal_ch is not None
+        in_ch = 2 * out_ch if both and mode == "concat" else out_ch
+        self.gate = None
+        if both and mode == "gated":
+            self.gate = nn.Conv2d(2 * out_ch, out_ch, 3, padding=1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.zeros_(self.gate.bias)
+        self.fuse = ConvNormAct(in_ch=in_ch, out_ch=out_ch)
+
+    def forward(self, s: torch.Tensor | None, t: torch.Tensor | None) -> torch.Tensor:
+        if self.proj_s is not None and self.proj_t is not None:
+            s, t = self.proj_s(s), self.proj_t(resize_to(t, s.shape[-2:]))
+            if self.mode == "concat":
+                x = torch.cat([s, t], dim=1)
+            elif self.mode == "sum":
+                x = s + t
+            else:
+                g = torch.sigmoid(self.gate(torch.cat([s, t], dim=1)))
+                x = g * s + (1 - g) * t
+        elif self.proj_s is not None:
+            x = self.proj_s(s)
+        else:
+            x = self.proj_t(t)
+        return self.fuse(x)
+
+
+class Decoder(nn.Module):
+    r"""Top-down decoder over 5 stages (k = 5 deepest, stride 32 ... k = 1, stride 2).
+
+    * ``F_k = Fuse_k(S_k, T_k)``                                      (StreamFusion)
+    * ``D_5 = F_5``;  for k = 4..1:
+      ``X_k = LASP_k(D_{k+1}, F_k, s)`` if LASP is on, else ``F_k``;
+      ``D_k = ConvNormAct3x3(X_k + Up(R_k D_{k+1}))``  (R_k: 1x1 conv when widths differ)
+    * ``D_0 = ConvNormAct3x3(Up(R_0 D_1))`` at stride 1
+    * heads ``y_k = Conv1x1(D_k) -> 1`` (deep supervision), output ``y_0`` at full resolution.
+
+    Follows the release: per-stage projection and concat fusion, top-down x2 bilinear
+    upsampling to stride 1, a mask head per level. Ours: LASP between stages, the decreasing
+    widths at shallow levels (cost at 320x320), GroupNorm.
+    """
+
+    def __init__(
+        self,
+        *,
+        spatial_channels: Sequence[int] | None,
+        temporal_channels: Sequence[int] | None,
+        dims: Sequence[int],
+        head_dim: int,
+        fusion: str,
+        lasp: bool,
+        lang_dim: int,
+        lasp_dim: int,
+        lasp_prototypes: int,
+    ) -> None:
+        super().__init__()
+        levels = len(dims)  # deepest first
+        s_ch = list(reversed(spatial_channels)) if spatial_channels else [None] * levels
+        t_ch = list(reversed(temporal_channels)) if temporal_channels else [None] * levels
+        self.fusions = nn.ModuleList(
+            StreamFusion(spatial_ch=s_ch[i], temporal_ch=t_ch[i], out_ch=dims[i], mode=fusion)
+            for i in range(levels)
+        )
+        self.lasps = (
+            nn.ModuleList(
+                LASP(
+                    deep_ch=dims[i - 1],
+                    shallow_ch=dims[i],
+                    lang_dim=lang_dim,
+                    dim=lasp_dim,
+                    prototypes=lasp_prototypes,
+                )
+                for i in range(1, levels)
+            )
+            if lasp
+            else None
+        )
+        all_dims = [*dims, head_dim]
+        self.reduces = nn.ModuleList(
+            nn.Identity()
+            if all_dims[i] == all_dims[i + 1]
+            else nn.Conv2d(all_dims[i], all_dims[i + 1], 1)
+            for i in range(levels)
+        )
+        self.merges = nn.ModuleList(
+            ConvNormAct(in_ch=all_dims[i + 1], out_ch=all_dims[i + 1]) for i in range(levels)
+        )
+        self.heads = nn.ModuleList(nn.Conv2d(d, 1, 1) for d in all_dims)
+
+    def forward(
+        self,
+        spatial: Sequence[torch.Tensor] | None,
+        temporal: Sequence[torch.Tensor] | None,
+        sentence: torch.Tensor,
+        out_size: tuple[int, int],
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Stage features shallow-first (as the encoders produce them) -> (logits, aux, fg)."""
+        levels = len(self.fusions)
+        s_feats = list(reversed(spatial)) if spatial is not None else [None] * levels
+        t_feats = list(reversed(temporal)) if temporal is not None else [None] * levels
+        d = self.fusions[0](s_feats[0], t_feats[0])
+        aux, fg = [self.heads[0](d)], []
+        for i in range(1, levels):
+            x = self.fusions[i](s_feats[i], t_feats[i])
+            if self.lasps is not None:
+                x, phi = self.lasps[i - 1](d, x, sentence)
+                fg.append(phi)
+            up = resize_to(self.reduces[i - 1](d), x.shape[-2:])
+            d = self.merges[i - 1](x + up)
+            aux.append(self.heads[i](d))
+        d = self.merges[-1](resize_to(self.reduces[-1](d), out_size))
+        return self.heads[-1](d), aux, fg
