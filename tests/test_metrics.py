@@ -1,0 +1,478 @@
+"""Tests for lstc.metrics against hand-computed values and pycocotools called directly."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pickle
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from scipy import ndimage
+
+from lstc.metrics import (
+    ReferringMetrics,
+    average_over_groups,
+    boundary_f_measure,
+    boundary_tolerance_px,
+    mask_boundary,
+    to_bool_mask,
+)
+
+PK_KEYS = ["P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
+
+
+def square(shape, top, left, size) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[top : top + size, left : left + size] = True
+    return m
+
+
+def counted(i: int, p_only: int, g_only: int, shape=(10, 10)) -> tuple[np.ndarray, np.ndarray]:
+    """Masks with exactly ``i`` shared pixels, ``p_only`` prediction-only and ``g_only``
+    ground-truth-only pixels (laid out along the flattened image)."""
+    n = shape[0] * shape[1]
+    assert i + p_only + g_only <= n
+    pred = np.zeros(n, dtype=bool)
+    gt = np.zeros(n, dtype=bool)
+    pred[: i + p_only] = True
+    gt[:i] = True
+    gt[i + p_only : i + p_only + g_only] = True
+    return pred.reshape(shape), gt.reshape(shape)
+
+
+def one(pred, gt, **kw) -> dict[str, float]:
+    m = ReferringMetrics()
+    m.process(pred, gt, **kw)
+    return m.compute()
+
+
+# --------------------------------------------------------------------------------------------
+# single samples
+# --------------------------------------------------------------------------------------------
+
+
+def test_both_empty_is_perfect():
+    z = np.zeros((20, 30), dtype=bool)
+    r = one(z, z)
+    assert r["overall_iou"] == 1.0 and r["mean_iou"] == 1.0
+    assert r["J"] == 1.0 and r["F"] == 1.0 and r["J&F"] == 1.0
+    assert all(r[k] == 1.0 for k in PK_KEYS) and r["mAP@0.5:0.95"] == 1.0
+    # no ground-truth object anywhere: COCO AP is undefined
+    assert math.isnan(r["coco_mAP@0.5:0.95"]) and math.isnan(r["coco_AP@0.5"])
+    assert r["num_samples"] == 1
+
+
+def test_full_masks():
+    f = np.ones((20, 30), dtype=bool)
+    r = one(f, f)
+    assert r["overall_iou"] == 1.0 and r["mean_iou"] == 1.0
+    # the image border is not a boundary: both boundaries empty -> F = 1 (DAVIS)
+    assert r["F"] == 1.0 and r["J&F"] == 1.0
+    assert r["coco_mAP@0.5:0.95"] == pytest.approx(1.0) and r["coco_AP@0.5"] == pytest.approx(1.0)
+
+
+def test_disjoint():
+    shape = (100, 100)
+    r = one(square(shape, 5, 5, 10), square(shape, 60, 60, 10))
+    assert r["overall_iou"] == 0.0 and r["mean_iou"] == 0.0 and r["J"] == 0.0
+    assert r["F"] == 0.0
+    assert all(r[k] == 0.0 for k in PK_KEYS) and r["mAP@0.5:0.95"] == 0.0
+    assert r["coco_mAP@0.5:0.95"] == 0.0 and r["coco_AP@0.5"] == 0.0
+
+
+def test_nested():
+    shape = (10, 10)
+    gt = square(shape, 1, 1, 8)  # 64 px, boundary rows/cols 1 and 8
+    pred = square(shape, 3, 3, 4)  # 16 px inside, boundary rows/cols 3 and 6
+    r = one(pred, gt)
+    assert r["overall_iou"] == 16 / 64 and r["mean_iou"] == 0.25 and r["J"] == 0.25
+    # tolerance ceil(0.008 * sqrt(200)) = 1 px; the boundaries are >= 2 px apart -> F = 0
+    assert boundary_tolerance_px(shape) == 1
+    assert r["F"] == 0.0
+    r = one(gt, pred)  # IoU is symmetric
+    assert r["mean_iou"] == 0.25
+
+
+def test_one_side_empty():
+    shape = (40, 40)
+    s = square(shape, 10, 10, 5)
+    z = np.zeros(shape, dtype=bool)
+    for pred, gt in ((s, z), (z, s)):
+        r = one(pred, gt)
+        assert r["mean_iou"] == 0.0 and r["overall_iou"] == 0.0 and r["F"] == 0.0
+    assert boundary_f_measure(z, s) == (0.0, 1.0, 0.0)  # nothing predicted: P=1, R=0
+    assert boundary_f_measure(s, z) == (0.0, 0.0, 1.0)  # nothing to find: P=0, R=1
+    # empty prediction on a real object: the object is missed (COCO AP 0)
+    assert one(z, s)["coco_AP@0.5"] == 0.0
+
+
+def test_partial_overlap_exact_fractions():
+    shape = (100, 100)
+    gt = square(shape, 40, 40, 10)
+    pred = square(shape, 40, 44, 10)  # shifted right by 4: 10 x 6 overlap
+    r = one(pred, gt)
+    assert Fraction(r["mean_iou"]).limit_denominator(1000) == Fraction(60, 140)
+    assert r["overall_iou"] == 60 / 140 and r["J"] == 60 / 140
+    # counts(): I = 9, P-only 1  -> 9/10; I = 11, P-only 4, G-only 5 -> 11/20
+    p, g = counted(9, 1, 0)
+    assert one(p, g)["mean_iou"] == 9 / 10
+    p, g = counted(11, 4, 5)
+    assert one(p, g)["mean_iou"] == 11 / 20
+
+
+# --------------------------------------------------------------------------------------------
+# boundary F
+# --------------------------------------------------------------------------------------------
+
+
+def test_tolerance_pixels():
+    assert boundary_tolerance_px((100, 100)) == 2  # 0.008 * 141.42 = 1.13 -> 2
+    assert boundary_tolerance_px((480, 854)) == 8  # 0.008 * 979.6 = 7.84 -> 8
+    assert boundary_tolerance_px((250, 250)) == 3  # 0.008 * 353.6 = 2.83 -> 3
+    assert boundary_tolerance_px((480, 854), tolerance=3) == 3  # >= 1: pixels
+
+
+def test_boundary_of_square():
+    b = mask_boundary(square((100, 100), 40, 40, 10))
+    assert b.sum() == 36  # 4 * 10 - 4
+    assert not b[41:49, 41:49].any()
+    assert mask_boundary(np.ones((5, 7), bool)).sum() == 0  # image border is not a boundary
+
+
+def test_boundary_f_shifted_square_hand_checked():
+    """10x10 square shifted right by 4 px in a 100x100 image; tolerance d = 2 px.
+
+    Each boundary has 36 px. Prediction boundary pixels within 2 px of the GT boundary:
+    top row cols 44..51 (8: 0 px on 44..49, then 1 and 2 px from the GT corner at col 49),
+    same on the bottom row (8), left column (col 44) rows 41,42,47,48 (4: 1-2 px from the GT
+    top/bottom rows), right column (col 53, 4 px from col 49) none -> 20/36 = 5/9.
+    By mirror symmetry recall = 5/9, so F = 5/9.
+    """
+    shape = (100, 100)
+    gt = square(shape, 40, 40, 10)
+    pred = square(shape, 40, 44, 10)
+    f, p, r = boundary_f_measure(pred, gt)
+    assert p == 20 / 36 and r == 20 / 36 and f == pytest.approx(5 / 9, abs=1e-15)
+    # shifted by 2 px: every boundary pixel is within the tolerance -> F = 1 while J = 80/120
+    pred2 = square(shape, 40, 42, 10)
+    assert boundary_f_measure(pred2, gt) == (1.0, 1.0, 1.0)
+    r = one(pred2, gt)
+    assert r["F"] == 1.0 and r["J"] == 80 / 120 and r["J&F"] == (1 + 80 / 120) / 2
+    # shifted by 3 px: unmatched are the right column (col 52, rows 41..48: 8), the left
+    # column (col 43) rows 43..46 (3 px from col 40 and >= 3 px from the GT rows 40/49: 4) and
+    # col 52 of the top and bottom rows (2) -> (36 - 14) / 36
+    f3, p3, r3 = boundary_f_measure(square(shape, 40, 43, 10), gt)
+    assert p3 == 22 / 36 and r3 == 22 / 36
+
+
+def _reference_f(pred: np.ndarray, gt: np.ndarray, d: int) -> float:
+    """Direct definition: dilate each boundary with a disk of radius d, count matches."""
+    yy, xx = np.mgrid[-d : d + 1, -d : d + 1]
+    disk = yy**2 + xx**2 <= d**2
+    bp, bg = mask_boundary(pred), mask_boundary(gt)
+    if bp.sum() == 0 and bg.sum() == 0:
+        return 1.0
+    if bp.sum() == 0 or bg.sum() == 0:
+        return 0.0
+    prec = (bp & ndimage.binary_dilation(bg, structure=disk)).sum() / bp.sum()
+    rec = (bg & ndimage.binary_dilation(bp, structure=disk)).sum() / bg.sum()
+    return 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+
+
+def test_boundary_f_matches_disk_dilation_on_random_blobs():
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        h, w = rng.integers(30, 90, size=2)
+        noise_p = ndimage.gaussian_filter(rng.standard_normal((h, w)), 3)
+        noise_g = ndimage.gaussian_filter(rng.standard_normal((h, w)), 3)
+        gt = noise_g > 0.05
+        pred = (0.7 * noise_g + 0.3 * noise_p) > 0.05
+        d = boundary_tolerance_px((h, w))
+        assert boundary_f_measure(pred, gt)[0] == pytest.approx(_reference_f(pred, gt, d))
+        assert boundary_f_measure(pred, gt, tolerance=4)[0] == pytest.approx(
+            _reference_f(pred, gt, 4)
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# sets: P@K, both mAPs
+# --------------------------------------------------------------------------------------------
+
+
+def small_set() -> list[tuple[np.ndarray, np.ndarray]]:
+    """IoUs 9/10, 6/10, 11/20, 0/8 and one both-empty sample (IoU 1)."""
+    return [
+        counted(9, 1, 0),
+        counted(6, 2, 2),
+        counted(11, 4, 5),
+        counted(0, 3, 5),
+        (np.zeros((10, 10), bool), np.zeros((10, 10), bool)),
+    ]
+
+
+def test_pk_and_map_hand_computed():
+    m = ReferringMetrics()
+    for p, g in small_set():
+        m.process(p, g)
+    r = m.compute()
+    assert r["num_samples"] == 5
+    assert r["overall_iou"] == 26 / 48  # (9 + 6 + 11 + 0 + 0) / (10 + 10 + 20 + 8 + 0)
+    assert r["mean_iou"] == pytest.approx((0.9 + 0.6 + 0.55 + 0 + 1) / 5, abs=1e-15)
+    assert r["J"] == r["mean_iou"]
+    # IoU >= K with exact ties: 0.6 counts for P@0.6, 0.9 for P@0.9
+    assert [r[k] for k in PK_KEYS] == [4 / 5, 3 / 5, 2 / 5, 2 / 5, 2 / 5]
+    # K = .50 .55 .60 .65 .70 .75 .80 .85 .90 .95 -> 4 4 3 2 2 2 2 2 2 1 = 24 of 50
+    assert r["mAP@0.5:0.95"] == pytest.approx(24 / 50, abs=1e-15)
+
+
+def test_coco_ap_hand_computed():
+    """Three objects; detections by score: IoU 0.92 (s .9), IoU 0 (s .8), IoU 0.62 (s .7).
+
+    101-point interpolated AP. t <= .60: TP FP TP, interpolated precision 1 up to recall 1/3
+    (34 points) and 2/3 up to recall 2/3 (33 points) -> 56/101. .65 <= t <= .90: TP FP FP ->
+    34/101. t = .95: 0. Mean over 10 thresholds: (3*56 + 6*34) / 1010.
+    """
+    m = ReferringMetrics()
+    p, g = counted(23, 2, 0)  # 23/25 = 0.92
+    m.process(p, g, score=0.9)
+    p, g = counted(0, 4, 4)  # disjoint
+    m.process(p, g, score=0.8)
+    p, g = counted(31, 10, 9)  # 31/50 = 0.62
+    m.process(p, g, score=0.7)
+    r = m.compute()
+    assert r["coco_AP@0.5"] == pytest.approx(56 / 101, abs=1e-12)
+    assert r["coco_mAP@0.5:0.95"] == pytest.approx((3 * 56 + 6 * 34) / 1010, abs=1e-12)
+
+
+def _direct_cocoeval(samples, scores) -> tuple[float, float]:
+    """COCOeval on the same data, built independently through COCO.loadRes."""
+    images, anns, results = [], [], []
+    for i, ((p, g), s) in enumerate(zip(samples, scores), start=1):
+        h, w = g.shape
+        images.append({"id": i, "height": h, "width": w})
+        if g.any():
+            rle = mask_utils.encode(np.asfortranarray(g.astype(np.uint8)))
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i,
+                    "category_id": 7,
+                    "segmentation": rle,
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": list(mask_utils.toBbox(rle)),
+                    "iscrowd": 0,
+                }
+            )
+        if p.any():
+            rle = mask_utils.encode(np.asfortranarray(p.astype(np.uint8)))
+            results.append(
+                {"image_id": i, "category_id": 7, "segmentation": rle, "score": float(s)}
+            )
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": [{"id": 7}]}
+        gt.createIndex()
+        dt = gt.loadRes(results)
+        ev = COCOeval(gt, dt, "segm")
+        ev.params.useCats = 0
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0]), float(ev.stats[1])
+
+
+def random_samples(n: int, seed: int, shape=(48, 64)) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        h, w = shape
+        top, left = rng.integers(0, h - 12), rng.integers(0, w - 12)
+        sh, sw = rng.integers(4, 12, size=2)
+        g = np.zeros(shape, bool)
+        g[top : top + sh, left : left + sw] = True
+        p = np.roll(g, tuple(rng.integers(-4, 5, size=2)), axis=(0, 1))
+        p[rng.random(shape) < 0.02] = True
+        if k % 11 == 3:
+            p[:] = False  # missed object
+        if k % 13 == 5:
+            g[:] = False  # nothing to find
+        out.append((p, g))
+    return out
+
+
+def test_coco_ap_against_pycocotools_directly():
+    samples = random_samples(40, seed=3)
+    scores = np.random.default_rng(4).permutation(40) / 40 + 0.01  # distinct
+    m = ReferringMetrics()
+    for (p, g), s in zip(samples, scores):
+        m.process(p, g, score=s)
+    r = m.compute()
+    ap, ap50 = _direct_cocoeval(samples, scores)
+    assert r["coco_mAP@0.5:0.95"] == pytest.approx(ap, abs=1e-12)
+    assert r["coco_AP@0.5"] == pytest.approx(ap50, abs=1e-12)
+    assert 0 < ap < ap50 <= 1
+
+
+def test_coco_no_detections_is_zero():
+    s = square((20, 20), 2, 2, 5)
+    m = ReferringMetrics()
+    m.process(np.zeros_like(s), s)
+    m.process(np.zeros_like(s), s)
+    r = m.compute()
+    assert r["coco_mAP@0.5:0.95"] == 0.0 and r["coco_AP@0.5"] == 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# distributed: states, merge, dedupe
+# --------------------------------------------------------------------------------------------
+
+
+def _fill(m: ReferringMetrics, samples, idx, scores, keys=True) -> None:
+    for i in idx:
+        p, g = samples[i]
+        m.process(
+            p,
+            g,
+            score=scores[i],
+            group=f"set{i % 3}",
+            key=f"s{i}" if keys else None,
+            track=f"t{i % 7}",
+        )
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == b[k] for k in a
+    )
+
+
+def test_sharded_equals_one_pass_exactly():
+    samples = random_samples(60, seed=5)
+    # ties in scores on purpose (COCOeval breaks ties by image order)
+    scores = np.round(np.random.default_rng(6).random(60), 1)
+    one_pass = ReferringMetrics()
+    _fill(one_pass, samples, range(60), scores)
+    rng = np.random.default_rng(7)
+    for _ in range(3):
+        perm = rng.permutation(60)
+        cuts = np.sort(rng.choice(np.arange(1, 60), size=2, replace=False))
+        states = []
+        for part in np.split(perm, cuts):
+            shard = ReferringMetrics()
+            _fill(shard, samples, part.tolist(), scores)
+            states.append(pickle.loads(pickle.dumps(shard.state())))
+        merged = ReferringMetrics.merge(states)
+        assert len(merged) == 60
+        assert _same(merged.compute(), one_pass.compute())
+        mg, og = merged.compute_by_group(), one_pass.compute_by_group()
+        assert mg.keys() == og.keys() == {"set0", "set1", "set2"}
+        assert all(_same(mg[k], og[k]) for k in mg)
+    # without keys too (nothing to dedupe)
+    unkeyed = ReferringMetrics()
+    _fill(unkeyed, samples, range(59, -1, -1), scores, keys=False)
+    assert _same(unkeyed.compute(), one_pass.compute())
+
+
+def test_duplicate_keys_dropped():
+    samples = random_samples(10, seed=8)
+    scores = [1.0] * 10
+    ref = ReferringMetrics()
+    _fill(ref, samples, range(10), scores)
+    # a padding sampler: 10 samples on 3 ranks -> 12 slots, samples 0 and 1 repeated
+    slots = list(range(10)) + [0, 1]
+    states = []
+    for rank in range(3):
+        shard = ReferringMetrics()
+        _fill(shard, samples, slots[rank::3], scores)
+        states.append(shard.state())
+    assert sum(len(s["key"]) for s in states) == 12
+    merged = ReferringMetrics.merge(states)
+    assert len(merged) == 10
+    assert _same(merged.compute(), ref.compute())
+    # the same key twice in one accumulator: the second is dropped
+    m = ReferringMetrics()
+    p, g = samples[0]
+    assert m.process(p, g, key="a") is True
+    assert m.process(~p, g, key="a") is False
+    assert len(m) == 1
+    # merging an accumulator with itself changes nothing
+    assert _same(ReferringMetrics.merge([ref, ref]).compute(), ref.compute())
+
+
+def test_state_roundtrip_and_merge_checks():
+    samples = random_samples(5, seed=9)
+    m = ReferringMetrics()
+    _fill(m, samples, range(5), [0.5] * 5)
+    st = m.state()
+    assert st["intersection"].dtype == np.int64 and isinstance(st["pred_rle"][0], bytes)
+    assert _same(ReferringMetrics.from_state(st).compute(), m.compute())
+    other = ReferringMetrics(boundary_tolerance=3).state()
+    with pytest.raises(ValueError, match="tolerance"):
+        ReferringMetrics.merge([st, other])
+    assert ReferringMetrics.merge([]).compute()["num_samples"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# groups, tracks, inputs
+# --------------------------------------------------------------------------------------------
+
+
+def test_groups_and_average():
+    shape = (100, 100)
+    gt = square(shape, 40, 40, 10)
+    m = ReferringMetrics()
+    m.process(gt, gt, group="a")  # J 1, F 1
+    m.process(square(shape, 40, 44, 10), gt, group="b")  # J 3/7, F 5/9
+    m.process(square(shape, 40, 42, 10), gt, group="b")  # J 2/3, F 1
+    m.process(gt, gt)  # no group: only in the totals
+    by = m.compute_by_group()
+    assert list(by) == ["a", "b"]
+    assert by["a"]["J&F"] == 1.0 and by["a"]["num_samples"] == 1
+    jb = (3 / 7 + 2 / 3) / 2
+    fb = (5 / 9 + 1) / 2
+    assert by["b"]["J"] == pytest.approx(jb) and by["b"]["F"] == pytest.approx(fb)
+    avg = average_over_groups(by)
+    assert avg["J"] == pytest.approx((1 + jb) / 2)
+    assert avg["F"] == pytest.approx((1 + fb) / 2)
+    assert avg["J&F"] == pytest.approx((1 + (jb + fb) / 2) / 2)
+    assert m.compute()["num_samples"] == 4
+
+
+def test_tracks_average_per_track_first():
+    p1, g1 = counted(1, 1, 0)  # 1/2
+    p2, g2 = counted(1, 0, 3)  # 1/4
+    p3, g3 = counted(5, 0, 0)  # 1
+    m = ReferringMetrics()
+    m.process(p1, g1, track="x")
+    m.process(p2, g2, track="x")
+    m.process(p3, g3, track="y")
+    r = m.compute()
+    assert r["J"] == pytest.approx(((0.5 + 0.25) / 2 + 1) / 2)
+    assert r["mean_iou"] == pytest.approx((0.5 + 0.25 + 1) / 3)
+
+
+def test_inputs_torch_and_validation():
+    shape = (100, 100)
+    gt = square(shape, 40, 40, 10)
+    pred = square(shape, 40, 44, 10)
+    a = one(torch.from_numpy(pred)[None], torch.from_numpy(gt.astype(np.uint8) * 255))
+    b = one(pred.astype(np.float32), gt)
+    assert _same(a, one(pred, gt)) and _same(b, one(pred, gt))
+    with pytest.raises(ValueError, match="threshold"):
+        to_bool_mask(np.full((4, 4), 0.3, np.float32))
+    with pytest.raises(ValueError, match="size"):
+        ReferringMetrics().process(np.zeros((4, 4), bool), np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match="shape"):
+        to_bool_mask(np.zeros((2, 4, 4), bool))
+
+
+def test_empty_accumulator():
+    r = ReferringMetrics().compute()
+    assert r["num_samples"] == 0 and math.isnan(r["mean_iou"]) and math.isnan(r["J&F"])
