@@ -327,6 +327,9 @@ def test_coco_no_detections_is_zero():
     m.process(np.zeros_like(s), s)
     r = m.compute()
     assert r["coco_mAP@0.5:0.95"] == 0.0 and r["coco_AP@0.5"] == 0.0
+    fast = m.compute(coco=False)
+    assert math.isnan(fast["coco_AP@0.5"]) and fast["mean_iou"] == r["mean_iou"]
+    assert m.compute_by_group(coco=False) == {}  # no groups given
 
 
 # --------------------------------------------------------------------------------------------
