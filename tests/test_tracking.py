@@ -1,0 +1,367 @@
+"""Tracker against a REAL MLflow tracking server on loopback (started once for the module).
+
+The outage tests put a small TCP relay between the tracker and the server, so the "server"
+can go down and come back mid-run without restarting MLflow (and one test points at a port
+where nothing listens). No MLflow object is mocked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import free_port
+
+from pipelines.tracking import Tracker, flatten, metric_key, resolve_tracking_uri
+
+pytestmark = pytest.mark.slow
+
+SERVER_START_TIMEOUT_S = 240
+
+
+def _mlflow_exe() -> str:
+    exe = Path(sys.executable).with_name("mlflow")
+    return str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """``mlflow server`` on 127.0.0.1:<free port> with a SQLite store; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [
+            _mlflow_exe(),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,  # own process group: teardown stops the server and its workers
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"mlflow server exited with {proc.returncode}:\n"
+                    + (root / "server.log").read_text(errors="replace")[-3000:]
+                )
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not answer /health in time")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(autouse=True)
+def _tracking_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0")
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+
+
+class Relay:
+    """A TCP relay 127.0.0.1:<port> -> upstream that can be switched off and on again."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(16)
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                try:  # wakes the thread blocked in accept(); close() alone does not on Linux
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                self._listener.close()
+                self._listener = None
+            for c in self._conns:
+                try:
+                    c.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                c.close()
+            self._conns.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            src.close()
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+# ------------------------------------------------------------------------------- pure helpers
+
+
+def test_metric_key_and_flatten():
+    assert metric_key("val/P@0.5") == "val/P_at_0.5"
+    assert metric_key("J&F") == "J_and_F"
+    assert metric_key("mAP@0.5:0.95") == "mAP_at_0.5-0.95"
+    assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}}) == {
+        "a.b": "1",
+        "a.c.d": "None",
+        "e": "[1, 2]",
+        "f": "{}",
+    }
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    assert resolve_tracking_uri(None, cwd=tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///x/y.db", cwd=tmp_path) == (
+        f"sqlite:///{tmp_path.resolve()}/x/y.db"
+    )
+    assert resolve_tracking_uri("http://h:5000") == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://server:1")
+    assert resolve_tracking_uri("sqlite:///a.db") == "http://server:1"
+
+
+def test_embedded_default_is_sqlite_in_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker.start({"tracking": {"experiment": "embedded"}}, system_metrics=False)
+    tracker.log_metrics({"loss": 0.5}, step=1)
+    tracker.log_dict({"a": 1}, "recipe.json")
+    tracker.end()
+    assert tracker.tracking_uri == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert (tmp_path / "mlflow.db").is_file()
+    run = _client(tracker.tracking_uri).get_run(tracker.run_id)
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").resolve().as_uri())
+    assert (tmp_path / "mlartifacts").is_dir()
+    assert run.data.metrics == {"loss": 0.5}
+
+
+# ------------------------------------------------------------------------------- real server
+
+
+def test_logs_everything_through_server(mlflow_server, tmp_path):
+    recipe = {
+        "tracking": {"uri": mlflow_server, "experiment": "lstc-test"},
+        "train": {"run_name": "r1"},
+    }
+    tracker = Tracker.start(recipe, tags={"num_workers": 2})
+    assert tracker.run_id is not None and tracker.healthy
+    tracker.log_params({"model": {"cmam": "cmam_plus", "lasp": "on"}, "optim": {"lr": 5e-4}})
+    for step in range(3):
+        tracker.log_metrics({"train/loss": 1.0 / (step + 1), "val/J&F": 0.1 * step}, step=step)
+    image = np.zeros((12, 16, 3), np.uint8)
+    image[2:6, 3:9] = (255, 0, 0)
+    tracker.log_image(image, "overlays/epoch_000.png")
+    tracker.log_dict({"model": {"cmam": "cmam_plus"}}, "recipe.yaml")
+    (tmp_path / "notes.txt").write_text("hello")
+    tracker.log_artifact(tmp_path / "notes.txt", "extra")
+    tracker.set_tags({"dataset.manifest_hash": "abc123"})
+    time.sleep(2.5)  # let the system-metrics thread take a sample (interval 1 s)
+    tracker.end()
+    assert tracker.failures == 0
+
+    client = _client(mlflow_server)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "r1"
+    assert client.get_experiment(run.info.experiment_id).name == "lstc-test"
+    assert run.data.params == {"model.cmam": "cmam_plus", "model.lasp": "on", "optim.lr": "0.0005"}
+    assert run.data.tags["num_workers"] == "2"
+    assert run.data.tags["dataset.manifest_hash"] == "abc123"
+    assert len(run.data.tags.get("mlflow.source.git.commit", "")) == 40
+    hist = client.get_metric_history(tracker.run_id, "train/loss")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [
+        (0, 1.0),
+        (1, 0.5),
+        (2, 1.0 / 3),
+    ]
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "val/J_and_F")][-1] == 0.2
+    assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
+    paths = {a.path for a in client.list_artifacts(tracker.run_id)}
+    assert {"overlays", "recipe.yaml", "extra"} <= paths
+    png = client.download_artifacts(tracker.run_id, "overlays/epoch_000.png", str(tmp_path))
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), image)
+
+
+def test_reattach_to_run_id(mlflow_server):
+    first = Tracker.start(
+        {"tracking": {"uri": mlflow_server, "experiment": "lstc-test"}}, system_metrics=False
+    )
+    first.log_metrics({"loss": 1.0}, step=0)
+    run_id = first.run_id
+    # the driver died: no end(); a new process re-attaches to the same run
+    second = Tracker.start(
+        {"tracking": {"uri": mlflow_server}}, run_id=run_id, system_metrics=False
+    )
+    assert second.run_id == run_id
+    second.log_metrics({"loss": 0.5}, step=1)
+    second.end()
+    client = _client(mlflow_server)
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert sorted(m.step for m in client.get_metric_history(run_id, "loss")) == [0, 1]
+    # re-attaching to a finished run marks it RUNNING again until the next end()
+    third = Tracker.start({"tracking": {"uri": mlflow_server}}, run_id=run_id, system_metrics=False)
+    assert client.get_run(run_id).info.status == "RUNNING"
+    third.end("KILLED")
+    assert client.get_run(run_id).info.status == "KILLED"
+
+
+def test_dead_server_warns_once_and_never_raises():
+    uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracker = Tracker.start({"tracking": {"uri": uri}}, system_metrics=False, cooldown_s=60)
+        for step in range(50):
+            tracker.log_metrics({"loss": 1.0}, step=step)
+            tracker.log_params({"lr": 0.1})
+            tracker.log_image(np.zeros((4, 4), np.uint8), "x.png")
+            tracker.set_tags({"a": "b"})
+        tracker.end()
+    ours = [
+        w for w in caught if issubclass(w.category, RuntimeWarning) and "MLflow" in str(w.message)
+    ]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert uri in str(ours[0].message)
+    assert tracker.run_id is None
+    # one failed attempt at start, one last try at end(); every other call was skipped
+    assert tracker.failures == 2
+    assert tracker.dropped >= 200
+
+
+def test_server_outage_mid_run_then_recovery(mlflow_server):
+    relay = Relay(int(mlflow_server.rsplit(":", 1)[1]))
+    relay.start()
+    uri = f"http://127.0.0.1:{relay.port}"
+    tracker = Tracker.start(
+        {"tracking": {"uri": uri, "experiment": "lstc-test"}}, system_metrics=False, cooldown_s=0.2
+    )
+    run_id = tracker.run_id
+    assert run_id is not None
+    tracker.log_metrics({"loss": 1.0}, step=0)
+
+    relay.stop()  # the server goes away mid-run
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 4):
+            tracker.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+            tracker.log_params({"p": step})  # dropped while down
+            time.sleep(0.25)  # past the cooldown: each call really tries the dead relay
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert not tracker.healthy
+
+    relay.start()  # back up: buffered metrics are replayed on the next call
+    time.sleep(0.3)
+    tracker.log_metrics({"loss": 0.1}, step=4)
+    assert tracker.healthy
+    tracker.end()
+    relay.stop()
+
+    client = _client(mlflow_server)
+    steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+    assert steps == [0, 1, 2, 3, 4]
+    assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_rejected_data_is_dropped_not_fatal(mlflow_server):
+    tracker = Tracker.start({"tracking": {"uri": mlflow_server}}, system_metrics=False)
+    tracker.log_params({"lr": 0.1})
+    with pytest.warns(RuntimeWarning, match="rejected"):
+        tracker.log_params({"lr": 0.2})  # params are immutable: the server refuses the change
+    tracker.log_metrics({"loss": 1.0}, step=0)
+    assert tracker.healthy
+    tracker.end()
+    run = _client(mlflow_server).get_run(tracker.run_id)
+    assert run.data.params["lr"] == "0.1"
+    assert run.data.metrics["loss"] == 1.0
+
+
+def test_disabled_tracker_is_a_no_op():
+    tracker = Tracker.disabled()
+    tracker.log_metrics({"a": 1}, step=0)
+    tracker.log_params({"a": 1})
+    tracker.end()
+    assert tracker.run_id is None and tracker.failures == 0
