@@ -1,0 +1,357 @@
+"""``lstc prep``: benchmark files → Parquet shards + manifest + rejects, as a Ray Data job.
+
+Flow: the driver indexes the benchmark with its reader (metadata only, no pixels), groups
+samples into clips (one per video × target frame) and clips into shards by a deterministic
+assignment (split, then video id and target frame, chunks of ``clips_per_shard``). Shards
+that a previous run finished — progress record present, same plan hash, file checksum
+matching — are skipped. The remaining shard plans stream through a Ray Data ``map`` whose
+tasks decode, resize, encode and write their shard (:mod:`data_prep.shard_writer`); the
+driver only receives small records, so memory stays bounded whatever the dataset size.
+Finally ``rejects.parquet`` and ``manifest.json`` are written atomically. Output bytes are a
+function of the input and the config only: a killed-and-rerun job equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data_prep.readers import get_reader
+from data_prep.samples import Reject, Sample
+from data_prep.schema import SCHEMA_VERSION, clip_id
+from data_prep.shard_writer import (
+    ClipSpec,
+    atomic_write_bytes,
+    progress_path,
+    sha256_file,
+    write_shard,
+)
+
+
+@dataclass(frozen=True)
+class PrepConfig:
+    """Everything ``lstc prep`` needs; ``output_config`` is what determines the bytes written."""
+
+    dataset: str
+    root: str
+    out: str
+    clip: ClipSpec = field(default_factory=ClipSpec)
+    clips_per_shard: int = 64
+    splits: tuple[str, ...] = ()  # empty: every split the reader finds
+    address: str | None = None  # Ray cluster address; None: local Ray
+    num_cpus: int | None = None  # local Ray only
+    concurrency: int | None = None  # max shard tasks in flight (None: as many as CPUs)
+    progress: bool = True
+
+    def output_config(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": self.dataset,
+            "clip": asdict(self.clip),
+            "clips_per_shard": self.clips_per_shard,
+            "splits": sorted(self.splits),
+        }
+
+    def config_hash(self) -> str:
+        return _hash_json(self.output_config())
+
+
+@dataclass
+class PrepSummary:
+    out: str
+    samples: int
+    clips: int
+    shards: int
+    shards_skipped: int
+    rejects: int
+    frames_decoded: int
+    frames_stored: int
+    seconds: float
+    counts: dict[str, dict[str, int]]
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames_decoded / self.seconds if self.seconds > 0 else 0.0
+
+    def text(self) -> str:
+        per_split = ", ".join(
+            f"{s}: {c['samples']} samples / {c['clips']} clips"
+            for s, c in sorted(self.counts.items())
+        )
+        return (
+            f"prep done -> {self.out}\n"
+            f"  {self.samples} samples in {self.clips} clips ({per_split})\n"
+            f"  {self.shards} shards ({self.shards_skipped} already done, skipped), {self.rejects} rejects "
+            f"(see rejects.parquet)\n"
+            f"  {self.frames_decoded} frames decoded, {self.frames_stored} stored in "
+            f"{self.seconds:.1f} s = {self.frames_per_s:.0f} frames/s"
+        )
+
+
+def _hash_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def build_clips(samples: list[Sample]) -> dict[str, list[dict[str, Any]]]:
+    """Samples → clip dicts per split, sorted by (video id, target frame); objects/expressions nested."""
+    clips: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for s in samples:
+        key = s.clip_key
+        c = clips.get(key)
+        if c is None:
+            c = clips[key] = {
+                "dataset": s.dataset,
+                "split": s.split,
+                "video_id": s.video_id,
+                "clip_id": clip_id(s.video_id, s.target_frame),
+                "target_frame": s.target_frame,
+                "video": s.video.to_dict(),
+                "objects": {},
+            }
+        obj = c["objects"].setdefault(
+            s.object_id,
+            {
+                "object_id": s.object_id,
+                "mask": s.mask.to_dict() if s.mask else None,
+                "expressions": {},
+            },
+        )
+        obj["expressions"].setdefault(
+            s.expression_id,
+            {"expression_id": s.expression_id, "text": s.expression, "meta": s.meta_json()},
+        )
+    per_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for key in sorted(clips, key=lambda k: (k[0], k[1], k[2])):
+        c = clips[key]
+        c["objects"] = [
+            {
+                **o,
+                "expressions": [
+                    o["expressions"][e] for e in sorted(o["expressions"], key=_natural)
+                ],
+            }
+            for _, o in sorted(c["objects"].items(), key=lambda kv: _natural(kv[0]))
+        ]
+        per_split[c["split"]].append(c)
+    return dict(per_split)
+
+
+def _natural(s: str) -> tuple[Any, ...]:
+    return (0, int(s), "") if s.isdigit() else (1, 0, s)
+
+
+def plan_shards(clips: dict[str, list[dict[str, Any]]], cfg: PrepConfig) -> list[dict[str, Any]]:
+    """Deterministic assignment of clips to shards: consecutive chunks per split."""
+    plans = []
+    config_hash = cfg.config_hash()
+    for split in sorted(clips):
+        items = clips[split]
+        for k in range(0, len(items), cfg.clips_per_shard):
+            chunk = items[k : k + cfg.clips_per_shard]
+            rel = f"{split}/part-{k // cfg.clips_per_shard:05d}.parquet"
+            plans.append(
+                {
+                    "path": rel,
+                    "split": split,
+                    "plan_hash": _hash_json([config_hash, rel, chunk]),
+                    "clips": chunk,
+                }
+            )
+    return plans
+
+
+def source_fingerprint(dataset: str, root: Path, samples: list[Sample]) -> str:
+    """Hash of the index (ids, expressions, relative paths) and the sizes of videos and masks."""
+    h = hashlib.sha256(dataset.encode())
+    sizes: dict[str, int] = {}
+    for s in samples:
+        files = [s.video.path] if s.video.kind == "mp4" else []
+        if s.mask is not None:
+            files.append(s.mask.path)
+        for f in files:
+            if f not in sizes:
+                try:
+                    sizes[f] = os.stat(f).st_size
+                except OSError:
+                    sizes[f] = -1
+        rec = [
+            s.split,
+            s.video_id,
+            s.target_frame,
+            s.object_id,
+            s.expression_id,
+            s.expression,
+            s.meta_json(),
+        ]
+        rec += [os.path.relpath(f, root) for f in files] + [len(s.video.frames)]
+        h.update(json.dumps(rec, ensure_ascii=False).encode())
+    for f in sorted(sizes):
+        h.update(f"{os.path.relpath(f, root)}:{sizes[f]}".encode())
+    return h.hexdigest()
+
+
+def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The progress record of a shard a previous run completed, verified by checksum."""
+    rec_path = progress_path(out, plan["path"])
+    try:
+        rec = json.loads(rec_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("plan_hash") != plan["plan_hash"]:
+        return None
+    f = out / plan["path"]
+    if (
+        not f.is_file()
+        or f.stat().st_size != rec.get("bytes")
+        or sha256_file(f) != rec.get("sha256")
+    ):
+        return None
+    return rec
+
+
+def _clean_tmp(out: Path) -> None:
+    for p in list(out.glob("**/.*.tmp-*")):
+        p.unlink(missing_ok=True)
+
+
+def _init_ray(cfg: PrepConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if cfg.address:
+        ray.init(address=cfg.address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            object_store_memory=300 * 1024 * 1024,
+            log_to_driver=False,
+        )
+
+
+def _run_shards(plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any) -> list[dict[str, Any]]:
+    """Run the shard writers as a streaming Ray Data map; yields records as shards finish."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ds = ray.data.from_items(
+        [{"plan": json.dumps(p)} for p in plans], override_num_blocks=len(plans)
+    )
+    spec, out = cfg.clip, str(Path(cfg.out).resolve())
+
+    def work(row: dict[str, Any]) -> dict[str, Any]:
+        return {"record": json.dumps(write_shard(json.loads(row["plan"]), spec, out))}
+
+    compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
+    ds = ds.map(work, num_cpus=1, compute=compute)
+    records = []
+    for row in ds.iter_rows():
+        rec = json.loads(row["record"])
+        records.append(rec)
+        bar.update(1)
+        bar.set_postfix(clips=sum(r["clips"] for r in records), refresh=False)
+    return records
+
+
+def run_prep(cfg: PrepConfig) -> PrepSummary:
+    """Run the whole job (raises DatasetRootError before any work on a wrong root)."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    reader = get_reader(cfg.dataset, cfg.root)
+    samples, reader_rejects = reader.read()
+    if cfg.splits:
+        samples = [s for s in samples if s.split in cfg.splits]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(out)
+    clips = build_clips(samples)
+    plans = plan_shards(clips, cfg)
+    done: dict[str, dict[str, Any]] = {}
+    for p in plans:
+        rec = _finished(out, p)
+        if rec is not None:
+            done[p["path"]] = rec
+    todo = [p for p in plans if p["path"] not in done]
+    bar = tqdm(
+        total=len(plans), initial=len(done), unit="shard", desc="prep", disable=not cfg.progress
+    )
+    if todo:
+        _init_ray(cfg)
+        for rec in _run_shards(todo, cfg, bar):
+            done[rec["path"]] = rec
+    bar.close()
+    records = [done[p["path"]] for p in plans]
+    _remove_stale(out, {p["path"] for p in plans})
+    rejects = [r.to_dict() for r in reader_rejects] + [r for rec in records for r in rec["rejects"]]
+    _write_rejects(out / "rejects.parquet", rejects)
+    counts: dict[str, dict[str, int]] = {}
+    for rec in records:
+        c = counts.setdefault(rec["split"], {"clips": 0, "objects": 0, "samples": 0, "shards": 0})
+        c["clips"] += rec["clips"]
+        c["objects"] += rec["objects"]
+        c["samples"] += rec["samples"]
+        c["shards"] += 1
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": cfg.dataset,
+        "config": cfg.output_config(),
+        "config_hash": cfg.config_hash(),
+        "source_fingerprint": source_fingerprint(cfg.dataset, reader.root, samples),
+        "counts": counts,
+        "rejects": len(rejects),
+        "shards": [
+            {k: rec[k] for k in ("path", "split", "clips", "samples", "bytes", "sha256")}
+            for rec in records
+        ],
+    }
+    atomic_write_bytes(
+        out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    )
+    fresh = [done[p["path"]] for p in todo]
+    return PrepSummary(
+        out=str(out),
+        samples=sum(c["samples"] for c in counts.values()),
+        clips=sum(c["clips"] for c in counts.values()),
+        shards=len(plans),
+        shards_skipped=len(plans) - len(todo),
+        rejects=len(rejects),
+        frames_decoded=sum(r["frames_decoded"] for r in fresh),
+        frames_stored=sum(r["frames_stored"] for r in fresh),
+        seconds=time.perf_counter() - start,
+        counts=counts,
+    )
+
+
+def _remove_stale(out: Path, keep: set[str]) -> None:
+    """Shards of an earlier run with another plan (e.g. more shards) must not be read back."""
+    for p in out.glob("*/part-*.parquet"):
+        rel = p.relative_to(out).as_posix()
+        if rel not in keep:
+            p.unlink()
+            progress_path(out, rel).unlink(missing_ok=True)
+
+
+def _write_rejects(path: Path, rejects: list[dict[str, str]]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep.schema import REJECT_SCHEMA
+
+    table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+__all__ = ["PrepConfig", "PrepSummary", "Reject", "build_clips", "plan_shards", "run_prep"]

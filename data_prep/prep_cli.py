@@ -1,0 +1,94 @@
+"""``lstc prep``: prepare a benchmark into Parquet shards (Ray Data job)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "prep",
+        help="benchmark files -> Parquet shards + manifest + rejects (Ray Data)",
+        description="Index a benchmark in its native layout, decode T-frame clips around every "
+        "target frame, resize, JPEG-encode and write versioned Parquet shards with a manifest "
+        "and a rejects table. Resumable: rerun the same command to finish an interrupted job.",
+    )
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="a2d | jhmdb | ytvos | davis | custom | refer_shapes",
+    )
+    p.add_argument("--root", required=True, help="dataset root in its native layout")
+    p.add_argument(
+        "--out", required=True, help="output folder for shards (shared storage on a cluster)"
+    )
+    p.add_argument("--frames", type=int, default=8, help="frames per clip T (default 8)")
+    p.add_argument("--stride", type=int, default=2, help="frame stride inside a clip (default 2)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=(320, 320),
+        metavar=("H", "W"),
+        help="prep size (default 320 320)",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int, default=90, help="JPEG quality of stored frames (default 90)"
+    )
+    p.add_argument(
+        "--min-video-frames",
+        type=int,
+        default=1,
+        help="reject videos shorter than this (default 1)",
+    )
+    p.add_argument(
+        "--clips-per-shard", type=int, default=64, help="clips per Parquet shard (default 64)"
+    )
+    p.add_argument(
+        "--split", action="append", default=[], help="only this split (repeatable; default all)"
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
+    p.add_argument(
+        "--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)"
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=None, help="max shard tasks in flight (default: CPUs)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from data_prep.prep import PrepConfig, run_prep
+    from data_prep.samples import DatasetRootError
+    from data_prep.shard_writer import ClipSpec
+
+    cfg = PrepConfig(
+        dataset=args.dataset,
+        root=args.root,
+        out=args.out,
+        clip=ClipSpec(
+            num_frames=args.frames,
+            stride=args.stride,
+            height=args.size[0],
+            width=args.size[1],
+            jpeg_quality=args.jpeg_quality,
+            min_video_frames=args.min_video_frames,
+        ),
+        clips_per_shard=args.clips_per_shard,
+        splits=tuple(args.split),
+        address=args.address,
+        num_cpus=args.num_cpus,
+        concurrency=args.concurrency,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_prep(cfg)
+    except (DatasetRootError, ValueError) as exc:
+        print(f"lstc prep: {exc}", file=sys.stderr)
+        return 2
+    print(summary.text())
+    return 0

@@ -1,0 +1,167 @@
+"""A2D Sentences (and the synthetic refer-shapes benchmark, written in the same layout).
+
+Layout::
+
+    Release/videoset.csv                      vid,label,start,end,height,width,frames,annotated,subset
+    Release/clips320H/<vid>.mp4
+    text_annotations/a2d_annotation.txt       header video_id,instance_id,query
+    text_annotations/a2d_missed_videos.txt    optional, one video id per line (excluded)
+    text_annotations/a2d_annotation_with_instances/<vid>/<frame:05d>.h5   1-based frame numbers
+
+A sample is (sentence, video, annotated frame, instance) when the instance is listed in that
+frame's ``instance`` dataset. Instance ids are kept verbatim: the known ``1 (copy)`` row
+matches no frame and is reported as a reject (as the reference implementations drop it).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from data_prep.masks import MaskError, a2d_instances
+from data_prep.readers.base import (
+    Reader,
+    Record,
+    clean_expression,
+    decode_text_lines,
+    expression_problem,
+    register_reader,
+)
+from data_prep.samples import DatasetRootError, MaskRef, Sample, VideoRef
+
+SUBSETS = {"0": "train", "1": "test"}
+
+
+@register_reader("refer_shapes")
+@register_reader("a2d")
+class A2DReader(Reader):
+    title = "A2D Sentences"
+    expected = (
+        ("Release/videoset.csv", "video list with the train/test subset column"),
+        ("Release/clips320H", "folder of <video_id>.mp4 clips"),
+        ("text_annotations/a2d_annotation.txt", "sentences: video_id,instance_id,query"),
+        ("text_annotations/a2d_annotation_with_instances", "per-frame <frame:05d>.h5 masks"),
+    )
+
+    def _videoset(self) -> dict[str, dict[str, str]]:
+        path = self.root / "Release/videoset.csv"
+        out: dict[str, dict[str, str]] = {}
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.reader(f):
+                if not row or not row[0].strip():
+                    continue
+                if len(row) < 9:
+                    raise DatasetRootError(
+                        f"{path}: row {row!r} has {len(row)} columns, expected 9 "
+                        "(vid,label,start,end,height,width,frames,annotated frames,subset)"
+                    )
+                out[row[0].strip()] = {"label": row[1].strip(), "subset": row[8].strip()}
+        return out
+
+    def _missed(self) -> set[str]:
+        path = self.root / "text_annotations/a2d_missed_videos.txt"
+        if not path.exists():
+            return set()
+        return {ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()}
+
+    def records(self) -> Iterator[Record]:
+        videoset = self._videoset()
+        missed = self._missed()
+        ann_path = self.root / "text_annotations/a2d_annotation.txt"
+        rows: dict[str, list[tuple[int, str, str]]] = defaultdict(list)
+        for line_no, text, raw in decode_text_lines(ann_path):
+            if line_no == 1 and raw.lower().startswith(b"video_id"):
+                continue
+            parts = (text or raw.decode("utf-8", errors="replace")).split(",", 2)
+            if len(parts) < 3:
+                yield self.reject(
+                    f"{ann_path}:{line_no}",
+                    f"line {line_no} of {ann_path} is not 'video_id,instance_id,query'; fix or delete it",
+                )
+                continue
+            vid, inst = parts[0].strip(), parts[1].strip()
+            expr = clean_expression(parts[2] if text is not None else None)
+            if expr is None:
+                yield self.reject(
+                    f"{ann_path}:{line_no}", expression_problem(text, ann_path, line_no)
+                )
+                continue
+            rows[vid].append((line_no, inst, expr))
+
+        mask_root = self.root / "text_annotations/a2d_annotation_with_instances"
+        for vid in sorted(rows):
+            vrows = rows[vid]
+            item = lambda ln: f"{ann_path}:{ln}"  # noqa: E731
+            if vid in missed:
+                for ln, _, _ in vrows:
+                    yield self.reject(
+                        item(ln),
+                        f"video {vid} is listed in a2d_missed_videos.txt (excluded by the benchmark)",
+                    )
+                continue
+            info = videoset.get(vid)
+            if info is None or info["subset"] not in SUBSETS:
+                why = "is not in" if info is None else f"has subset {info['subset']!r} (not 0/1) in"
+                for ln, _, _ in vrows:
+                    yield self.reject(
+                        item(ln),
+                        f"video {vid} {why} Release/videoset.csv; add it there or drop the row",
+                    )
+                continue
+            video = self.root / "Release/clips320H" / f"{vid}.mp4"
+            if not video.is_file():
+                for ln, _, _ in vrows:
+                    yield self.reject(
+                        item(ln),
+                        f"annotation row points at absent video {video}; restore the clip or delete the row",
+                    )
+                continue
+            frames = sorted(_h5_frames(mask_root / vid))
+            if not frames:
+                for ln, _, _ in vrows:
+                    yield self.reject(
+                        item(ln),
+                        f"no per-frame masks in {mask_root / vid}; restore the .h5 files of this video",
+                    )
+                continue
+            listed: list[tuple[int, Path, list[str]]] = []
+            for fnum, h5 in frames:
+                try:
+                    listed.append((fnum, h5, a2d_instances(str(h5))))
+                except MaskError as exc:
+                    yield self.reject(h5, f"{exc}; restore this .h5 file (its frame is skipped)")
+            counter: dict[str, int] = defaultdict(int)
+            for ln, inst, expr in vrows:
+                exp_id = str(counter[inst])
+                counter[inst] += 1
+                hits = [(fnum, h5) for fnum, h5, ids in listed if inst in ids]
+                if not hits:
+                    yield self.reject(
+                        item(ln),
+                        f"instance {inst!r} of video {vid} is listed in no annotated frame under "
+                        f"{mask_root / vid}; fix the instance id of this row",
+                    )
+                    continue
+                for fnum, h5 in hits:
+                    yield Sample(
+                        dataset=self.dataset,
+                        split=SUBSETS[info["subset"]],
+                        video_id=vid,
+                        target_frame=fnum - 1,
+                        object_id=inst,
+                        expression=expr,
+                        expression_id=exp_id,
+                        video=VideoRef("mp4", str(video)),
+                        mask=MaskRef("a2d_h5", str(h5), object_id=inst),
+                        meta={"label": info["label"], "frame_name": h5.stem},
+                    )
+
+
+def _h5_frames(folder: Path) -> Iterator[tuple[int, Path]]:
+    if not folder.is_dir():
+        return
+    for p in folder.glob("*.h5"):
+        if p.stem.isdigit() and int(p.stem) >= 1:
+            yield int(p.stem), p

@@ -1,0 +1,139 @@
+"""Reader base class and the registry of benchmark readers.
+
+A reader is a class registered under a dataset name with :func:`register_reader`; the prep
+job looks it up with :func:`get_reader` (no ``if dataset == ...`` chains anywhere).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from data_prep.samples import DatasetRootError, Reject, Sample
+
+Record = Sample | Reject
+_R = TypeVar("_R", bound=type["Reader"])
+
+_REGISTRY: dict[str, type[Reader]] = {}
+
+
+def register_reader(name: str) -> Callable[[_R], _R]:
+    """Class decorator: make a reader available as ``--dataset <name>``."""
+
+    def deco(cls: _R) -> _R:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"reader {name!r} registered twice")
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available_readers() -> list[str]:
+    _import_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_reader(name: str, root: str | os.PathLike[str]) -> Reader:
+    """An instance of the reader registered as ``name``, checked against ``root``."""
+    _import_builtin()
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return cls(root, dataset=name)
+
+
+def _import_builtin() -> None:
+    # Importing the modules runs their @register_reader decorators.
+    from data_prep.readers import a2d, custom, davis, jhmdb, ytvos  # noqa: F401
+
+
+class Reader(ABC):
+    """Reads one benchmark from its native layout into :class:`Sample` / :class:`Reject` records.
+
+    Subclasses declare ``expected`` (paths relative to the root that must exist, with a short
+    description) and implement :meth:`records`.
+    """
+
+    title: ClassVar[str] = "dataset"
+    expected: ClassVar[tuple[tuple[str, str], ...]] = ()
+
+    def __init__(self, root: str | os.PathLike[str], dataset: str) -> None:
+        self.root = Path(root).resolve()
+        self.dataset = dataset
+        self.check_root()
+
+    def check_root(self) -> None:
+        """Raise one :class:`DatasetRootError` listing everything missing under the root."""
+        if not self.root.is_dir():
+            raise DatasetRootError(
+                f"{self.title} root {self.root} is not a directory; expected it to contain: "
+                + "; ".join(f"{p} ({d})" for p, d in self.expected)
+            )
+        missing = [(p, d) for p, d in self.expected if not (self.root / p).exists()]
+        if missing:
+            raise DatasetRootError(
+                f"{self.title} root {self.root} does not look like {self.title}: missing "
+                + "; ".join(f"{p} ({d})" for p, d in missing)
+                + ". Point --root at the folder that holds "
+                + ", ".join(p for p, _ in self.expected)
+                + "."
+            )
+
+    @abstractmethod
+    def records(self) -> Iterator[Record]:
+        """Yield samples and rejects in a deterministic order."""
+
+    def reject(self, item: str | os.PathLike[str], reason: str) -> Reject:
+        return Reject(source=self.dataset, item=str(item), reason=reason)
+
+    def read(self) -> tuple[list[Sample], list[Reject]]:
+        """All samples and rejects (samples are small records; no pixels are read)."""
+        return split_records(self.records())
+
+
+def split_records(records: Iterable[Record]) -> tuple[list[Sample], list[Reject]]:
+    samples: list[Sample] = []
+    rejects: list[Reject] = []
+    for r in records:
+        (samples if isinstance(r, Sample) else rejects).append(r)
+    return samples, rejects
+
+
+def decode_text_lines(
+    path: Path, encoding: str = "utf-8"
+) -> Iterator[tuple[int, str | None, bytes]]:
+    """Yield ``(line_number, text or None if undecodable, raw bytes)`` for each non-blank line."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            raw = raw.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError:
+                text = None
+            yield n, text, raw
+
+
+def clean_expression(text: str | None) -> str | None:
+    """The cleaned expression, or None if unusable (the caller writes the reject)."""
+    if text is None:
+        return None
+    text = " ".join(text.strip().strip('"').split())
+    return text or None
+
+
+def expression_problem(text: str | None, path: Path, line: int) -> str:
+    if text is None:
+        return (
+            f"line {line} of {path} is not valid UTF-8; re-save the file as UTF-8 "
+            f"(or fix the bytes of that line)"
+        )
+    return f"line {line} of {path} has an empty expression; write the sentence or delete the row"

@@ -1,0 +1,210 @@
+"""Writing one shard: decode → resize → JPEG → Parquet, inside one Ray task.
+
+A shard plan is a JSON-able dict (see :func:`data_prep.plan.plan_shards`): the clips of the
+shard, each with its video reference, target frame and objects (mask reference +
+expressions). The writer decodes each video once for all its clips in the shard, encodes
+every needed frame once, writes ``<split>/part-NNNNN.parquet`` through a temporary file and
+``os.replace``, then records a progress file (sha256, counts, rejects) the same way. Bad
+input becomes rejects; the task itself only fails on bugs or system errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.decode import DecodeError, open_video
+from data_prep.masks import MaskError, encode_png, load_mask
+from data_prep.samples import MaskRef, Reject, VideoRef
+from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How clips are cut and encoded (part of the config hash)."""
+
+    num_frames: int = 8
+    stride: int = 2
+    height: int = 320
+    width: int = 320
+    jpeg_quality: int = 90
+    min_video_frames: int = 1
+
+
+def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:
+    """Resize (bilinear, aspect not kept) and JPEG-encode one RGB frame, deterministically."""
+    from PIL import Image
+
+    im = Image.fromarray(frame)
+    if im.size != (spec.width, spec.height):
+        im = im.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=spec.jpeg_quality)
+    return buf.getvalue()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def progress_path(out: Path, rel: str) -> Path:
+    """Where a finished shard's record lives (its presence marks the shard as done)."""
+    return out / "_progress" / (rel.replace("/", "-") + ".json")
+
+
+def _clip_rows(
+    clips: list[dict[str, Any]], spec: ClipSpec, rejects: list[Reject], stats: dict[str, int]
+) -> Iterator[dict[str, Any]]:
+    """Rows of the clips of one video (all share ``clips[0]['video']``)."""
+    ref = VideoRef.from_dict(clips[0]["video"])
+    source = "prep"
+    try:
+        src = open_video(ref)
+        n = src.num_frames
+    except DecodeError as exc:
+        for c in clips:
+            rejects.append(
+                Reject(source, f"{ref.path}#{c['target_frame']}", f"{exc}; re-encode or replace it")
+            )
+        return
+    ok: list[tuple[dict[str, Any], list[int], int]] = []
+    for c in clips:
+        t = int(c["target_frame"])
+        if n < spec.min_video_frames:
+            why = f"video {ref.path} has {n} frames, fewer than the {spec.min_video_frames} required; use a longer video or lower --min-video-frames"
+        elif t >= n:
+            why = (
+                f"video {ref.path} decodes to {n} frames but frame {t + 1} (1-based) is annotated; "
+                "the video is truncated or its annotation is wrong: re-download the video"
+            )
+        else:
+            idx, t_idx = clip_frame_indices(t, n, spec.num_frames, spec.stride)
+            ok.append((c, idx, t_idx))
+            continue
+        rejects.append(Reject(source, f"{ref.path}#{t}", why))
+    if not ok:
+        return
+    union = sorted({i for _, idx, _ in ok for i in idx})
+    try:
+        decoded = src.get(union)
+    except DecodeError as exc:
+        for c, _, _ in ok:
+            rejects.append(
+                Reject(source, f"{ref.path}#{c['target_frame']}", f"{exc}; re-encode or replace it")
+            )
+        return
+    stats["frames_decoded"] += len(union)
+    h0, w0 = int(decoded.shape[1]), int(decoded.shape[2])
+    jpeg = {f: encode_jpeg(decoded[k], spec) for k, f in enumerate(union)}
+    del decoded
+    for c, idx, t_idx in ok:
+        objects = []
+        for obj in c["objects"]:
+            mref = MaskRef.from_dict(obj["mask"])
+            mask = b""
+            if mref is not None:
+                try:
+                    m = load_mask(mref)
+                    if m.shape != (h0, w0):
+                        raise MaskError(
+                            f"mask {mref.path} is {m.shape[1]}x{m.shape[0]} but the frames of "
+                            f"{ref.path} are {w0}x{h0}"
+                        )
+                    mask = encode_png(m)
+                except MaskError as exc:
+                    rejects.append(
+                        Reject(
+                            source,
+                            f"{mref.path}#{obj['object_id']}",
+                            f"{exc}; restore or fix the mask file ({len(obj['expressions'])} expression(s) of "
+                            f"object {obj['object_id']} in {c['clip_id']} skipped)",
+                        )
+                    )
+                    continue
+            objects.append(
+                {"object_id": obj["object_id"], "mask": mask, "expressions": obj["expressions"]}
+            )
+        if not objects:
+            continue
+        stats["clips"] += 1
+        stats["objects"] += len(objects)
+        stats["samples"] += sum(len(o["expressions"]) for o in objects)
+        stats["frames_stored"] += len(idx)
+        yield {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": c["dataset"],
+            "split": c["split"],
+            "video_id": c["video_id"],
+            "clip_id": c["clip_id"],
+            "target_frame": int(c["target_frame"]),
+            "target_index": t_idx,
+            "frame_indices": idx,
+            "orig_height": h0,
+            "orig_width": w0,
+            "frames": [jpeg[i] for i in idx],
+            "objects": objects,
+        }
+
+
+def write_shard(plan: dict[str, Any], spec: ClipSpec, out: str) -> dict[str, Any]:
+    """Write one shard and its progress record; returns the record (counts, sha256, rejects)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out)
+    rejects: list[Reject] = []
+    stats = dict.fromkeys(("clips", "objects", "samples", "frames_stored", "frames_decoded"), 0)
+    rows: list[dict[str, Any]] = []
+    for _, group in groupby(plan["clips"], key=lambda c: c["video_id"]):
+        rows.extend(_clip_rows(list(group), spec, rejects, stats))
+    table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
+    final = out_dir / plan["path"]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    pq.write_table(
+        table,
+        tmp,
+        compression="snappy",
+        use_dictionary=["dataset", "split", "video_id"],
+        write_statistics=["schema_version", "target_frame", "video_id"],
+        row_group_size=max(len(rows), 1),
+    )
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    digest = sha256_file(tmp)
+    os.replace(tmp, final)
+    record = {
+        "path": plan["path"],
+        "split": plan["split"],
+        "plan_hash": plan["plan_hash"],
+        "sha256": digest,
+        "bytes": final.stat().st_size,
+        **stats,
+        "rejects": [r.to_dict() for r in rejects],
+    }
+    rec_path = progress_path(out_dir, plan["path"])
+    rec_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(rec_path, json.dumps(record, sort_keys=True).encode())
+    return record
