@@ -71,7 +71,7 @@ SCALES: dict[str, SynthConfig] = {
     "tiny": SynthConfig(),
     "demo": SynthConfig(
         num_videos=300,
-        num_frames=48,
+        num_frames=32,
         height=120,
         width=160,
         annotated_per_video=4,

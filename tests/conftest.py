@@ -56,3 +56,43 @@ def ray_local():
 @pytest.fixture(scope="session")
 def session_tmp(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("session")
+
+
+# --- data_prep: the tiny refer-shapes benchmark, prepared once per session ---------------
+# Clip settings of `tiny_shards` (T frames at a stride around the target, resized to SIZE).
+TINY_SHARDS_FRAMES = 4
+TINY_SHARDS_STRIDE = 2
+TINY_SHARDS_SIZE = (64, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(ray_local, tmp_path_factory) -> Path:
+    """Shard root of the tiny refer-shapes benchmark (seed 0), prepared with `lstc prep`.
+
+    8 videos (6 train / 2 test) of 24 frames at 72x96, 3 annotated frames each; clips of
+    TINY_SHARDS_FRAMES frames at stride TINY_SHARDS_STRIDE resized to TINY_SHARDS_SIZE
+    (target at index TINY_SHARDS_FRAMES // 2); masks at 72x96. Splits: "train", "test".
+    Read it with data_prep.shards.read_samples(root, split) / read_clips / load_manifest.
+    """
+    from data_prep.prep import PrepConfig, run_prep
+    from data_prep.shard_writer import ClipSpec
+    from data_prep.synthetic import config_for, generate
+
+    base = tmp_path_factory.mktemp("tiny_refer_shapes")
+    generate(base / "source", config_for("tiny", seed=0))
+    run_prep(
+        PrepConfig(
+            dataset="refer_shapes",
+            root=str(base / "source"),
+            out=str(base / "shards"),
+            clip=ClipSpec(
+                num_frames=TINY_SHARDS_FRAMES,
+                stride=TINY_SHARDS_STRIDE,
+                height=TINY_SHARDS_SIZE[0],
+                width=TINY_SHARDS_SIZE[1],
+            ),
+            clips_per_shard=8,
+            progress=False,
+        )
+    )
+    return base / "shards"
