@@ -21,7 +21,7 @@ different numbers of batches cannot hang.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -172,11 +172,14 @@ def evaluate(
     threshold: float = 0.5,
     metrics: ReferringMetrics | None = None,
     use_tracks: bool = True,
+    on_batch: Callable[[Mapping[str, Any], list[Prediction]], None] | None = None,
 ) -> ReferringMetrics:
     """Accumulate ``ReferringMetrics`` over collated ``batches`` (samples without GT skipped).
 
     ``device``: where to run (the model is moved there; ``None`` keeps its device). The model's
     train/eval mode is restored afterwards. Pass ``metrics`` to keep accumulating into it.
+    ``on_batch(batch, predictions)`` is called for every batch (e.g. to write a submission or
+    overlays from the very predictions that were scored).
     """
     import torch
 
@@ -191,6 +194,8 @@ def evaluate(
     try:
         for batch in batches:
             preds = predict(core, batch, threshold=threshold)
+            if on_batch is not None:
+                on_batch(batch, preds)
             gts = _column(batch, "gt_mask_orig", len(preds))
             for pred, gt, (key, group, track) in zip(preds, gts, sample_ids(batch, len(preds))):
                 if gt is None:

@@ -1,0 +1,363 @@
+"""``lstc eval``: score a registered model or a checkpoint on prepared shards.
+
+    lstc eval --model models:/<name>@champion --data <shards root> [--split test]
+    lstc eval --model outputs/.../checkpoint_best --data <shards> --submission out.zip
+
+Every metric of ``lstc.metrics`` is computed with :func:`pipelines.inference.evaluate` (the
+function training-time validation uses, so the numbers reproduce the logged validation
+metrics), printed as a table, and logged to a new MLflow run tagged with the model (registered
+name / version / alias, or checkpoint path). Samples carrying an ``expression_set`` (Ref-DAVIS17)
+are also scored per set and averaged over the sets (``groups_avg/...``, the headline J&F).
+``--submission`` writes the masks of every sample in the Ref-YouTube-VOS layout
+(``Annotations/<video>/<exp_id>/<frame>.png``), validates it and zips it.
+
+Heavy imports (torch, mlflow, ray) happen inside :func:`run` so ``lstc --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+#: rows of the printed table, in order (names of lstc.metrics)
+TABLE_KEYS = (
+    "overall_iou",
+    "mean_iou",
+    "P@0.5",
+    "P@0.6",
+    "P@0.7",
+    "P@0.8",
+    "P@0.9",
+    "mAP@0.5:0.95",
+    "coco_mAP@0.5:0.95",
+    "coco_AP@0.5",
+    "J",
+    "F",
+    "J&F",
+)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  lstc eval --model models:/lstc-refer-shapes-tiny@champion --data data/refer_shapes/shards\n"
+        "  lstc eval --model outputs/ckpt --data data/ytvos/shards --split valid --submission sub.zip",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="models:/<name>@<alias>, models:/<name>/<version> or a checkpoint dir",
+    )
+    p.add_argument("--data", required=True, help="shard root written by `lstc prep`")
+    p.add_argument(
+        "--split", default=None, help="split to evaluate (default: the recipe's val split)"
+    )
+    p.add_argument(
+        "--submission", default=None, metavar="ZIP", help="write a Ref-YouTube-VOS submission zip"
+    )
+    p.add_argument(
+        "--meta-expressions",
+        default=None,
+        metavar="JSON",
+        help="validate the submission against this meta_expressions.json (videos of the split only)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="eval batch size (default: recipe data.eval_batch_size)",
+    )
+    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on sigmoid(logits)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N clips")
+    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    p.add_argument(
+        "--num-workers",
+        type=int,
+        default=1,
+        help=">1: evaluate clips in parallel with a Ray Data actor pool",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: env / recipe / ./mlflow.db)",
+    )
+    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the recipe's)")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.add_argument(
+        "--output", default=None, metavar="JSON", help="also write the metrics to this JSON file"
+    )
+    p.set_defaults(func=run)
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def load_model(spec: str, tracking_uri: str | None) -> tuple[Any, Any, dict[str, str]]:
+    """``(model, recipe, tags)`` of a ``models:/`` URI or a checkpoint directory."""
+    from pipelines.checkpoint import is_checkpoint, load_model_from_checkpoint
+
+    if spec.startswith("models:/"):
+        from pipelines.registry import get_version, load_registered, parse_model_uri
+
+        name, alias, _ = parse_model_uri(spec)
+        mv = get_version(spec, tracking_uri=tracking_uri)
+        model, recipe = load_registered(f"models:/{name}/{mv.version}", tracking_uri=tracking_uri)
+        tags = {
+            "model_uri": spec,
+            "model_name": name,
+            "model_version": str(mv.version),
+            "model_alias": alias or "",
+            "model_source_run_id": str(mv.run_id or ""),
+        }
+        return model, recipe, tags
+    path = Path(spec)
+    if not is_checkpoint(path):
+        raise SystemExit(
+            f"lstc eval: --model {spec!r} is neither a models:/<name>@<alias> URI nor a "
+            "checkpoint directory (model.pt + recipe.yaml)"
+        )
+    model, recipe = load_model_from_checkpoint(path)
+    return model, recipe, {"model_uri": str(path.resolve()), "checkpoint": str(path.resolve())}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def iter_eval_samples(root: str, split: str, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """Decoded samples of ``split`` in shard order (first ``limit`` clips), without Ray."""
+    from data_prep.shards import iter_clip_rows, iter_samples
+
+    for i, row in enumerate(iter_clip_rows(root, split)):
+        if limit is not None and i >= limit:
+            return
+        yield from iter_samples(row)
+
+
+def split_videos(root: str, split: str) -> set[str]:
+    """Video ids of every clip of ``split`` (reads only the ``video_id`` column)."""
+    import pyarrow.parquet as pq
+
+    from data_prep.shards import shard_files
+
+    out: set[str] = set()
+    for f in shard_files(root, split):
+        out.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+def format_table(metrics: Mapping[str, float]) -> str:
+    """Metrics as an aligned text table (percent), with one column per group if any."""
+    groups = sorted(
+        {k.split("/", 1)[0] for k in metrics if "/" in k and not k.startswith("groups_avg/")}
+    )
+    cols = ["all", *groups] + (
+        ["groups avg"] if any(k.startswith("groups_avg/") for k in metrics) else []
+    )
+
+    def cell(col: str, key: str) -> str:
+        full = (
+            key
+            if col == "all"
+            else ("groups_avg/" + key if col == "groups avg" else f"{col}/{key}")
+        )
+        v = metrics.get(full)
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "-"
+        return f"{100 * float(v):.2f}"
+
+    width = max(len(c) for c in cols) + 2
+    lines = ["metric".ljust(20) + "".join(c.rjust(max(width, 9)) for c in cols)]
+    for key in TABLE_KEYS:
+        lines.append(key.ljust(20) + "".join(cell(c, key).rjust(max(width, 9)) for c in cols))
+    n = metrics.get("num_samples")
+    if n is not None:
+        lines.append("samples".ljust(20) + str(int(n)).rjust(max(width, 9)))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _default_split(root: str, recipe: Any, requested: str | None) -> str:
+    from data_prep.shards import load_manifest
+
+    splits = sorted(load_manifest(root).get("counts", {}))
+    split = requested or recipe.data.val_split
+    if split not in splits:
+        if requested is None and len(splits) == 1:
+            return splits[0]
+        raise SystemExit(f"lstc eval: split {split!r} is not in {root} (splits there: {splits})")
+    return split
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pipelines.data import eval_batches
+    from pipelines.inference import evaluate, parse_meta, summarize
+    from pipelines.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    model, recipe, tags = load_model(args.model, uri)
+    root = str(Path(args.data))
+    split = _default_split(root, recipe, args.split)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+
+    writer = None
+    sub_dir = None
+    if args.submission:
+        from pipelines.submission import SubmissionWriter
+
+        sub_dir = Path(
+            tempfile.mkdtemp(prefix="lstc-submission-", dir=Path(args.submission).resolve().parent)
+        )
+        writer = SubmissionWriter(sub_dir)
+
+    def write_masks(batch: Mapping[str, Any], preds: list[Any]) -> None:
+        for i, pred in enumerate(preds):
+            meta = parse_meta(batch["meta"][i])
+            frame = meta.get("frame_name")
+            exp_id = meta.get("exp_id", batch["expression_id"][i])
+            if frame is None:
+                raise SystemExit(
+                    f"lstc eval --submission: sample {batch['key'][i]} has no frame_name meta; "
+                    "only Ref-YouTube-VOS-style shards can be turned into a submission"
+                )
+            writer.add(batch["video_id"][i], exp_id, frame, pred.mask)
+
+    t0 = time.perf_counter()
+    if args.num_workers > 1:
+        from pipelines.parallel_eval import evaluate_parallel
+
+        metrics_acc = evaluate_parallel(
+            args.model,
+            root,
+            split,
+            num_workers=args.num_workers,
+            batch_size=args.batch_size or recipe.data.eval_batch_size,
+            threshold=args.threshold,
+            limit=args.limit,
+            tracking_uri=uri,
+            on_batch=write_masks if writer is not None else None,
+        )
+    else:
+        batches = eval_batches(
+            iter_eval_samples(root, split, args.limit), recipe, batch_size=args.batch_size
+        )
+        metrics_acc = evaluate(
+            model,
+            batches,
+            device=device,
+            threshold=args.threshold,
+            on_batch=write_masks if writer is not None else None,
+        )
+    seconds = time.perf_counter() - t0
+    results = summarize(metrics_acc) if len(metrics_acc) else {"num_samples": 0}
+
+    zip_path = None
+    if writer is not None:
+        from pipelines.submission import expected_from_meta_expressions, zip_submission
+
+        expected = writer.expected
+        if args.meta_expressions:
+            expected = expected_from_meta_expressions(
+                args.meta_expressions, videos=split_videos(root, split)
+            )
+        zip_path = zip_submission(sub_dir, args.submission, expected, sizes=writer.sizes)
+        import shutil
+
+        shutil.rmtree(sub_dir, ignore_errors=True)
+
+    print(
+        f"lstc eval: {args.model} on {root} [{split}], {int(results.get('num_samples', 0))} scored samples, {seconds:.1f} s"
+    )
+    if results.get("num_samples"):
+        print(format_table(results))
+    if zip_path is not None:
+        print(f"submission: {zip_path}")
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=1, sort_keys=True, default=float))
+
+    if not args.no_tracking:
+        _log_eval_run(args, recipe, tags, uri, root, split, results, seconds, zip_path)
+    return 0
+
+
+def _log_eval_run(
+    args: argparse.Namespace,
+    recipe: Any,
+    tags: dict[str, str],
+    uri: str,
+    root: str,
+    split: str,
+    results: Mapping[str, float],
+    seconds: float,
+    zip_path: Path | None,
+) -> None:
+    from pipelines.tracking import Tracker
+
+    manifest_hash = ""
+    try:
+        from data_prep.shards import load_manifest
+
+        manifest_hash = str(load_manifest(root).get("config_hash", ""))
+    except Exception:  # noqa: BLE001 - a tag only
+        pass
+    name = tags.get("model_name") or Path(tags.get("checkpoint", "model")).name
+    version = tags.get("model_version")
+    tracker = Tracker.start(
+        recipe,
+        tracking_uri=uri,
+        experiment=args.experiment or recipe.tracking.experiment,
+        run_name=f"eval-{name}" + (f"-v{version}" if version else "") + f"-{split}",
+        tags={
+            **tags,
+            "lstc.kind": "eval",
+            "eval.data": str(Path(root).resolve()),
+            "eval.split": split,
+            "dataset.manifest_hash": manifest_hash,
+            **({"submission": str(zip_path)} if zip_path else {}),
+        },
+        system_metrics=False,
+    )
+    tracker.log_params(
+        {
+            "eval.threshold": args.threshold,
+            "eval.limit": args.limit,
+            "eval.batch_size": args.batch_size or recipe.data.eval_batch_size,
+            "eval.num_workers": args.num_workers,
+        }
+    )
+    tracker.log_metrics({f"eval/{k}": v for k, v in results.items() if not _nan(v)}, step=0)
+    tracker.log_metrics({"eval/seconds": seconds}, step=0)
+    tracker.log_dict(dict(results), "eval_metrics.json")
+    tracker.end()
+    if tracker.run_id:
+        print(f"MLflow run {tracker.run_id} ({uri})")
+    else:
+        print(
+            "MLflow: logging failed (see the warning above); results were printed only",
+            file=sys.stderr,
+        )
+
+
+def _nan(v: Any) -> bool:
+    try:
+        return math.isnan(float(v))
+    except (TypeError, ValueError):
+        return True
