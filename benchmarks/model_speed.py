@@ -1,0 +1,179 @@
+"""Forward+backward step time and peak memory of LSTC vs. the CSTM-like baseline, on CPU.
+
+For each preset (default: tiny and paper) both networks are timed in one subprocess with
+their training steps alternated (baseline, LSTC, baseline, ...), so that load from other
+processes hits both alike; the median step time is reported. Peak resident memory is measured
+per network in a fresh subprocess each (build + two steps), so one does not hide the other.
+The baseline is ``cfg.baseline()``: both streams, concat fusion, CMAM, no CMAM+ / LASP.
+Random weights everywhere (``without_pretrained``): nothing is downloaded.
+
+    .venv/bin/python benchmarks/model_speed.py                      # tiny + paper
+    .venv/bin/python benchmarks/model_speed.py --presets tiny --iters 20 --batch 4
+
+Target: LSTC step time <= 1.3 x the baseline's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _setup(preset: str, variant: str, batch: int):
+    import torch
+
+    from lstc.config import LossConfig, ModelConfig
+    from lstc.losses import SegmentationLoss
+    from lstc.model import build_model
+
+    cfg = ModelConfig.preset(preset).without_pretrained()
+    if variant == "baseline":
+        cfg = cfg.baseline()
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    loss_fn = SegmentationLoss(LossConfig())
+    h, w = cfg.input_size
+    clip = torch.rand(batch, 3, cfg.num_frames, h, w)
+    tok = model.tokenizer(["the man in a red shirt jumping over the fence"] * batch)
+    target = (torch.rand(batch, 1, h, w) > 0.8).float()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+    def step() -> tuple[float, float]:
+        t0 = time.perf_counter()
+        out = model(clip, tok["input_ids"], tok["attention_mask"])
+        loss, _ = loss_fn(out, target)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return t1 - t0, time.perf_counter() - t0
+
+    return cfg, model, step
+
+
+def worker_time(preset: str, batch: int, iters: int, warmup: int, threads: int) -> dict:
+    """Both networks in one process, steps alternated so that load changes hit both alike."""
+    import torch
+
+    from lstc.model import parameter_counts
+
+    torch.set_num_threads(threads)
+    setups = {v: _setup(preset, v, batch) for v in ("baseline", "lstc")}
+    times: dict[str, dict[str, list[float]]] = {v: {"fwd": [], "step": []} for v in setups}
+    for i in range(warmup + iters):
+        for v, (_, _, step) in setups.items():
+            fwd, total = step()
+            if i >= warmup:
+                times[v]["fwd"].append(fwd)
+                times[v]["step"].append(total)
+    out = {}
+    for v, (cfg, model, _) in setups.items():
+        h, w = cfg.input_size
+        out[v] = {
+            "config": {k: getattr(cfg, k) for k in ("streams", "cmam", "lasp", "fusion")},
+            "input": [batch, 3, cfg.num_frames, h, w],
+            "forward_s": statistics.median(times[v]["fwd"]),
+            "step_s": statistics.median(times[v]["step"]),
+            "step_min_s": min(times[v]["step"]),
+            "steps_s": times[v]["step"],
+            "params": parameter_counts(model),
+        }
+    return out
+
+
+def worker_mem(preset: str, variant: str, batch: int, threads: int) -> dict:
+    """Peak resident memory of one network (own process): build, then two training steps."""
+    import torch
+
+    torch.set_num_threads(threads)
+    _, _, step = _setup(preset, variant, batch)
+    rss_model = _rss_mib()
+    for _ in range(2):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss_after_build_mib": rss_model, "peak_rss_mib": peak}
+
+
+def run_worker(args: argparse.Namespace, *worker_args: str) -> dict:
+    cmd = [sys.executable, __file__, *worker_args, "--warmup", str(args.warmup)]
+    cmd += ["--threads", str(args.threads)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if res.returncode != 0:
+        raise SystemExit(f"worker {worker_args} failed:\n{res.stderr[-4000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--presets", nargs="+", default=["tiny", "paper"])
+    p.add_argument("--batch", type=int, default=None, help="default: 4 for tiny, 1 otherwise")
+    p.add_argument("--iters", type=int, default=None, help="default: 20 for tiny, 3 otherwise")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--worker-time", metavar="PRESET", help=argparse.SUPPRESS)
+    p.add_argument("--worker-mem", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker_time:
+        r = worker_time(args.worker_time, args.batch, args.iters, args.warmup, args.threads)
+        print(json.dumps(r))
+        return
+    if args.worker_mem:
+        print(json.dumps(worker_mem(*args.worker_mem, args.batch, args.threads)))
+        return
+
+    results = []
+    for preset in args.presets:
+        batch = args.batch or (4 if preset.startswith("tiny") else 1)
+        iters = args.iters or (20 if preset.startswith("tiny") else 3)
+        t = run_worker(args, "--worker-time", preset, "--batch", str(batch), "--iters", str(iters))
+        for v in ("baseline", "lstc"):
+            m = run_worker(args, "--worker-mem", preset, v, "--batch", str(batch))
+            t[v].update(m)
+        b, lstc = t["baseline"], t["lstc"]
+        ratio = lstc["step_s"] / b["step_s"]
+        results.append({"preset": preset, "threads": args.threads, "ratio": ratio, **t})
+        print(f"== {preset}: input {lstc['input']} (B,C,T,H,W), {args.threads} thread(s), CPU")
+        print(f"   {iters} alternated steps per network after {args.warmup} warm-up; medians")
+        print(f"{'':26s}{'baseline':>14s}{'LSTC':>14s}")
+        print(f"{'step time fwd+bwd (s)':26s}{b['step_s']:14.3f}{lstc['step_s']:14.3f}")
+        print(f"{'  fastest step (s)':26s}{b['step_min_s']:14.3f}{lstc['step_min_s']:14.3f}")
+        print(f"{'forward time (s)':26s}{b['forward_s']:14.3f}{lstc['forward_s']:14.3f}")
+        print(f"{'peak RSS (MiB)':26s}{b['peak_rss_mib']:14.0f}{lstc['peak_rss_mib']:14.0f}")
+        print(
+            f"{'peak RSS - model (MiB)':26s}{b['peak_rss_mib'] - b['rss_after_build_mib']:14.0f}"
+            f"{lstc['peak_rss_mib'] - lstc['rss_after_build_mib']:14.0f}"
+        )
+        print("parameters:")
+        for key in lstc["params"]:
+            print(f"  {key:24s}{b['params'][key]:14,d}{lstc['params'][key]:14,d}")
+        verdict = "OK" if ratio <= 1.3 else "ABOVE TARGET"
+        print(f"LSTC / baseline median step time = {ratio:.3f} (target <= 1.3: {verdict})\n")
+        sys.stdout.flush()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
