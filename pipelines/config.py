@@ -94,7 +94,9 @@ class DataConfig:
     num_frames: int | None = None  # None: the model's num_frames
     shuffle_buffer: int = 64  # local shuffle buffer (rows) on each worker, reseeded every epoch
     prefetch_batches: int = 2
-    val_limit: int | None = None  # evaluate only the first N val samples (None: all)
+    val_limit: int | None = None  # validate on the first N clips of val_split (None: all)
+    cache_train: bool = False  # materialise decoded training samples in the object store
+    cache_val: bool = True  # each worker keeps its val clip rows (JPEG) in memory after epoch 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

@@ -1,0 +1,427 @@
+"""The Ray Train worker function: DDP training, validation, checkpoints, rank-0 tracking.
+
+``train_loop_per_worker(config)`` runs on every worker of the ``TorchTrainer`` (see
+``pipelines/train.py`` for the driver). Per epoch ``e`` (0-based; logs and checkpoints say
+``e + 1``):
+
+1. reseed python/numpy/torch from ``(seed, e, rank)`` — so a resumed epoch draws exactly what
+   the uninterrupted one drew; augmentation draws come from ``(seed, e, sample key)``
+   (``pipelines.data``) and the local shuffle from ``(seed, e)``;
+2. train on ``get_dataset_shard("train").iter_torch_batches(...)`` (collate + joint
+   augmentation in Ray Data's prefetch threads), gradient accumulation with ``no_sync``,
+   bf16 autocast on CUDA (fp32 on CPU), gradient clipping, per-step LR schedule;
+3. validate: rank-0 BatchNorm buffers are broadcast, each rank evaluates its own clips of the
+   held-out split with ``pipelines.inference.evaluate`` on the bare module, the
+   ``ReferringMetrics`` states are ``all_gather``-ed and merged (equal to one process);
+4. rank 0 writes a checkpoint (atomic) and every rank calls ``ray.train.report`` (rank 0 with
+   the checkpoint); rank 0 logs metrics, an overlay grid of fixed validation samples and the
+   metric curves to MLflow.
+
+Fault-injection hook (tests): with ``fail_at_epoch = k`` the last rank raises after the first
+optimizer step of epoch ``k`` (1-based) — only when the marker file ``<run_dir>/fault_injected``
+does not exist yet, which it then creates, so the retry runs clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FAULT_MARKER = "fault_injected"
+EVENTS_FILE = "events.jsonl"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by the fault-injection hook."""
+
+
+def append_event(run_dir: str | os.PathLike | None, event: str, **fields: Any) -> None:
+    """Append one JSON line to ``<run_dir>/events.jsonl`` (rank 0's training journal)."""
+    if not run_dir:
+        return
+    rec = {"event": event, "time": time.time(), **fields}
+    path = Path(run_dir) / EVENTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    path = Path(run_dir) / EVENTS_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _make_collate_fn(recipe: Any, epoch: int) -> Any:
+    from ray.data.collate_fn import NumpyBatchCollateFn
+
+    from pipelines.data import collate, collate_kwargs, epoch_seed, rows_from_batch
+
+    kw = collate_kwargs(recipe)
+    seed = epoch_seed(recipe.train.seed, epoch)
+
+    class _Collate(NumpyBatchCollateFn):
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+            return collate(rows_from_batch(batch), train=True, rng=seed, **kw)
+
+    return _Collate()
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _all_mean(value: float, count: float, device: Any) -> float:
+    """Global mean of per-rank sums (``value`` = local sum, ``count`` = local count)."""
+    import torch
+
+    dist = _dist()
+    t = torch.tensor([value, count], dtype=torch.float64, device=device)
+    if dist is not None:
+        dist.all_reduce(t)
+    return float(t[0] / t[1]) if t[1] > 0 else float("nan")
+
+
+def _broadcast_buffers(module: Any) -> None:
+    dist = _dist()
+    if dist is None:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
+
+
+def validate(
+    core: Any,
+    recipe: Any,
+    own_rows: Any,
+    *,
+    world: int,
+    rank: int,
+    device: Any,
+    keep: list[dict[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Distributed validation on this rank's clip rows (``pipelines.data.select_val_rows``);
+    metric states are gathered and merged on every rank (equal to a single process)."""
+    from lstc.metrics import ReferringMetrics
+    from pipelines.data import decode_val_rows, eval_batches
+    from pipelines.inference import evaluate
+
+    samples: Iterator[dict[str, Any]] = decode_val_rows(own_rows)
+    if keep is not None and not keep and rank == 0 and recipe.tracking.num_overlays > 0:
+        samples = _tee_first(samples, keep, recipe.tracking.num_overlays)
+    local = evaluate(core, eval_batches(samples, recipe), device=device)
+    dist = _dist()
+    if dist is None:
+        states = [local.state()]
+    else:
+        states = [None] * world
+        dist.all_gather_object(states, local.state())
+    merged = ReferringMetrics.merge(states)
+    return merged.compute()
+
+
+def _tee_first(it: Iterator[dict[str, Any]], keep: list, n: int) -> Iterator[dict[str, Any]]:
+    for s in it:
+        if len(keep) < n:
+            keep.append(s)
+        yield s
+
+
+def _overlay_grid(core: Any, recipe: Any, samples: list[dict[str, Any]]) -> np.ndarray | None:
+    from lstc.visualize import overlay, overlay_grid
+    from pipelines.data import collate, collate_kwargs
+    from pipelines.inference import predict_masks
+
+    if not samples:
+        return None
+    was = core.training
+    core.eval()
+    try:
+        batch = collate(samples, train=False, **collate_kwargs(recipe))
+        preds = predict_masks(core, batch)
+    finally:
+        core.train(was)
+    tiles = []
+    for s, p in zip(samples, preds):
+        frame = np.asarray(s["clip"])[int(s["target_index"])]
+        tiles.append(overlay(frame, p, s.get("mask"), str(s["text"])))
+    return overlay_grid(tiles, ncols=min(4, len(tiles)))
+
+
+def _autocast(device: Any, enabled: bool) -> Any:
+    import torch
+
+    if enabled and getattr(device, "type", str(device)) == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_loop_per_worker(config: Mapping[str, Any]) -> None:
+    """Ray Train worker entry point (``config`` built by ``pipelines.train``)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from lstc.losses import SegmentationLoss
+    from lstc.model import build_model
+    from pipelines.checkpoint import (
+        load_model_state,
+        load_train_state,
+        save_checkpoint,
+        set_rng_state,
+    )
+    from pipelines.config import Recipe
+    from pipelines.data import epoch_seed, select_val_rows
+    from pipelines.inference import unwrap
+    from pipelines.optim import build_optimizer, build_scheduler
+    from pipelines.tracking import Tracker, metric_key
+
+    recipe = Recipe.from_dict(config["recipe"])
+    run_dir = config.get("run_dir")
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tr = recipe.train
+    steps_per_epoch = max(1, int(config.get("steps_per_epoch") or 1))
+    fail_at = config.get("fail_at_epoch")
+
+    seed_everything(tr.seed)
+    model = build_model(recipe.model)
+    start_epoch, global_step = 0, 0
+    state: dict[str, Any] | None = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            model.load_state_dict(load_model_state(d))
+            state = load_train_state(d)
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+    model.to(device)
+    model = ray.train.torch.prepare_model(
+        model,
+        move_to_device=False,
+        parallel_strategy_kwargs={"find_unused_parameters": tr.find_unused_parameters},
+    )
+    core = unwrap(model)
+    optimizer = build_optimizer(core, recipe)
+    scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
+    use_amp = bool(tr.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
+    extra: dict[str, Any] = {}
+    if state is not None:
+        if state.get("optimizer"):
+            optimizer.load_state_dict(state["optimizer"])
+        if state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        extra = dict(state.get("extra") or {})
+    history: dict[str, list[float]] = {k: list(v) for k, v in extra.get("history", {}).items()}
+    loss_fn = SegmentationLoss(recipe.loss).to(device)
+
+    tracker = (
+        Tracker.start(
+            recipe,
+            run_id=config.get("run_id"),
+            tracking_uri=config.get("tracking_uri"),
+            system_metrics=recipe.tracking.system_metrics,
+        )
+        if rank == 0 and config.get("tracking_uri")
+        else Tracker.disabled()
+    )
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    overlay_samples: list[dict[str, Any]] = []
+    val_rows_cache: list[dict[str, Any]] | None = None
+    accum = recipe.optim.accumulation
+    log_every = recipe.tracking.log_every_steps
+    params = [p for p in core.parameters() if p.requires_grad]
+    if rank == 0:
+        append_event(run_dir, "attempt_start", start_epoch=start_epoch + 1, world=world)
+
+    for epoch in range(start_epoch, tr.epochs):
+        es = epoch_seed(tr.seed, epoch)
+        seed_everything(es * 1009 + rank)
+        if rank == 0:
+            append_event(run_dir, "epoch_start", epoch=epoch + 1, global_step=global_step)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum, n_batches, n_samples = 0.0, 0, 0
+        batches = train_shard.iter_torch_batches(
+            batch_size=recipe.data.batch_size,
+            collate_fn=_make_collate_fn(recipe, epoch),
+            drop_last=True,
+            local_shuffle_buffer_size=recipe.data.shuffle_buffer or None,
+            local_shuffle_seed=es if recipe.data.shuffle_buffer else None,
+            prefetch_batches=recipe.data.prefetch_batches,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        micro = 0
+        for batch in batches:
+            clip = batch["clip"].to(device, non_blocking=True)
+            target = batch["mask"].to(device, non_blocking=True)
+            tok = core.tokenizer(batch["text"])
+            ids, attn = tok["input_ids"].to(device), tok["attention_mask"].to(device)
+            micro += 1
+            sync = micro % accum == 0
+            no_sync = world > 1 and not sync and hasattr(model, "no_sync")
+            with model.no_sync() if no_sync else contextlib.nullcontext():
+                with _autocast(device, use_amp):
+                    out = model(clip, ids, attn)
+                    loss, _parts = loss_fn(out, target)
+                (loss / accum).backward()
+            loss_sum += float(loss.detach())
+            n_batches += 1
+            n_samples += clip.shape[0]
+            if not sync:
+                continue
+            if recipe.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            global_step += 1
+            if global_step % log_every == 0:
+                step_loss = _all_mean(float(loss.detach()), 1.0, device)
+                if rank == 0:
+                    tracker.log_metrics(
+                        {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]},
+                        step=global_step,
+                    )
+            if (
+                fail_at is not None
+                and epoch + 1 == int(fail_at)
+                and rank == world - 1
+                and run_dir
+                and not (Path(run_dir) / FAULT_MARKER).exists()
+            ):
+                Path(run_dir, FAULT_MARKER).write_text(f"rank {rank} epoch {epoch + 1}\n")
+                raise InjectedFault(
+                    f"injected fault: rank {rank} in epoch {epoch + 1} (train.fail_at_epoch)"
+                )
+        train_time = time.perf_counter() - t0
+        train_loss = _all_mean(loss_sum, n_batches, device)
+        samples_total = _all_mean(float(n_samples), 1.0, device) * world
+
+        # ---- validation (all ranks), then checkpoint + report
+        _broadcast_buffers(core)
+        t1 = time.perf_counter()
+        if val_rows_cache is not None:
+            own_rows = val_rows_cache
+        else:
+            own_rows = select_val_rows(
+                val_shard.iter_rows(), rank=rank, world_size=world, limit=recipe.data.val_limit
+            )
+            if recipe.data.cache_val:
+                own_rows = val_rows_cache = list(own_rows)
+        val = validate(
+            core,
+            recipe,
+            own_rows,
+            rank=rank,
+            world=world,
+            device=device,
+            keep=overlay_samples,
+        )
+        val_time = time.perf_counter() - t1
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "global_step": global_step,
+            "train/loss": train_loss,
+            "train/samples_per_s": samples_total / train_time if train_time > 0 else 0.0,
+            "time/train_epoch_s": train_time,
+            "time/val_s": val_time,
+            "lr": scheduler.get_last_lr()[0],
+        }
+        for k, v in val.items():
+            metrics[f"val/{metric_key(k)}"] = float(v)
+        for k in ("train/loss", *[f"val/{metric_key(k)}" for k in val]):
+            history.setdefault(k, []).append(float(metrics[k]))
+
+        if rank == 0:
+            tracker.log_metrics(metrics, step=epoch + 1)
+            grid = _overlay_grid(core, recipe, overlay_samples)
+            if grid is not None:
+                tracker.log_image(grid, f"overlays/epoch_{epoch + 1:03d}.png")
+            _log_curves(tracker, history)
+            append_event(
+                run_dir,
+                "epoch_end",
+                epoch=epoch + 1,
+                global_step=global_step,
+                train_loss=train_loss,
+                val=dict(val),
+            )
+        extra = {"history": history}
+        with tempfile.TemporaryDirectory(prefix="lstc-ckpt-") as tmp:
+            checkpoint = None
+            if rank == 0:
+                path = save_checkpoint(
+                    Path(tmp) / "checkpoint",
+                    model=core,
+                    recipe=recipe,
+                    epoch=epoch + 1,
+                    global_step=global_step,
+                    optimizer=optimizer,
+                    scheduler=scheduler,
+                    scaler=scaler,
+                    metrics=metrics,
+                    extra=extra,
+                )
+                checkpoint = ray.train.Checkpoint.from_directory(str(path))
+            ray.train.report(
+                metrics,
+                checkpoint=checkpoint,
+                checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
+            )
+    if rank == 0:
+        append_event(run_dir, "train_end", epoch=tr.epochs, global_step=global_step)
+        tracker.end("FINISHED")
+
+
+def _log_curves(tracker: Any, history: Mapping[str, list[float]]) -> None:
+    from lstc.visualize import plot_curves
+
+    keys = [k for k in history if k == "train/loss" or k.split("/")[-1] in _CURVE_KEYS]
+    if not keys or not tracker.enabled:
+        return
+    with tempfile.TemporaryDirectory(prefix="lstc-curves-") as tmp:
+        try:
+            path = plot_curves({k: history[k] for k in keys}, Path(tmp) / "metric_curves.png")
+        except Exception:  # noqa: BLE001 - a plot must never stop training
+            return
+        tracker.log_artifact(path, "curves")
+
+
+_CURVE_KEYS = {"overall_iou", "mean_iou", "mAP_at_0.5-0.95", "J_and_F", "P_at_0.5"}
+
+__all__ = [
+    "EVENTS_FILE",
+    "FAULT_MARKER",
+    "InjectedFault",
+    "read_events",
+    "train_loop_per_worker",
+    "validate",
+]

@@ -1,0 +1,156 @@
+"""Data path of training: collate, joint clip+mask augmentation, seeding, left/right swap."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.config import AugmentConfig
+from pipelines.data import (
+    collate,
+    draw_augmentation,
+    epoch_seed,
+    iter_val_samples,
+    rows_from_batch,
+    select_frames,
+    swap_left_right,
+)
+
+AUG = AugmentConfig(crop_prob=1.0, crop_scale=(0.5, 0.8), hflip=0.5)
+
+
+def make_sample(i: int, text: str = "the red square moving left", *, h0=96, w0=128, size=64):
+    """A clip whose frames show a bright rectangle exactly where the (original-size) mask is."""
+    rng = np.random.default_rng(i)
+    y0, x0 = rng.integers(0, h0 // 2), rng.integers(0, w0 // 2)
+    mask = np.zeros((h0, w0), np.uint8)
+    mask[y0 : y0 + h0 // 2, x0 : x0 + w0 // 2] = 1
+    # frames at the prep size (aspect not kept), object painted from the resized mask
+    ys = (np.arange(size) + 0.5) * h0 / size
+    xs = (np.arange(size) + 0.5) * w0 / size
+    small = mask[ys.astype(int)][:, xs.astype(int)]
+    frame = np.zeros((size, size, 3), np.uint8)
+    frame[small > 0] = 255
+    clip = np.stack([frame] * 5)
+    return {
+        "clip": clip,
+        "mask": mask,
+        "text": text,
+        "video_id": f"v{i}",
+        "clip_id": f"v{i}#000004",
+        "object_id": "1",
+        "expression_id": "0",
+        "target_index": 2,
+        "orig_size": (h0, w0),
+        "meta": "{}",
+    }
+
+
+def test_collate_shapes_and_fields():
+    samples = [make_sample(i) for i in range(3)]
+    b = collate(samples, size=(32, 32), train=False, num_frames=4, target_index=2)
+    assert b["clip"].shape == (3, 3, 4, 32, 32) and b["clip"].dtype == torch.float32
+    assert float(b["clip"].min()) >= 0 and float(b["clip"].max()) <= 1
+    assert b["mask"].shape == (3, 1, 32, 32)
+    assert set(torch.unique(b["mask"]).tolist()) <= {0.0, 1.0}
+    assert b["orig_size"].tolist() == [[96, 128]] * 3
+    assert b["key"] == [f"v{i}#000004/1/0" for i in range(3)]
+    assert all(g.shape == (96, 128) for g in b["gt_mask_orig"])
+    assert b["text"] == [s["text"] for s in samples]
+
+
+def test_select_frames_centres_target_and_clamps():
+    assert select_frames(5, 2, 4, 2) == [0, 1, 2, 3]
+    assert select_frames(5, 2, 8, 4) == [0, 0, 0, 1, 2, 3, 4, 4]
+    assert select_frames(3, 1, None, None) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmentation_keeps_clip_and_mask_aligned(seed):
+    samples = [make_sample(i) for i in range(4)]
+    b = collate(samples, size=(32, 32), train=True, rng=seed, augment=AUG)
+    for i in range(4):
+        for t in range(b["clip"].shape[2]):
+            bright = b["clip"][i, :, t].mean(0) > 0.5
+            m = b["mask"][i, 0] > 0.5
+            inter = (bright & m).sum().item()
+            union = (bright | m).sum().item()
+            assert union == 0 or inter / union > 0.85, (seed, i, t, inter / max(union, 1))
+
+
+def test_flip_swaps_left_and_right_in_text():
+    aug = dataclasses.replace(AUG, crop_prob=0.0, hflip=1.0)
+    s = make_sample(0, "the square moving left, right of the circle")
+    b = collate([s], size=(32, 32), train=True, rng=0, augment=aug)
+    assert b["flipped"] == [True]
+    assert b["text"] == ["the square moving right, left of the circle"]
+    plain = collate([s], size=(32, 32), train=False)
+    assert torch.equal(b["clip"][0], plain["clip"][0].flip(-1))
+    assert torch.equal(b["mask"][0], plain["mask"][0].flip(-1))
+
+
+def test_no_flip_of_left_right_expressions_without_swap():
+    aug = dataclasses.replace(AUG, crop_prob=0.0, hflip=1.0, swap_left_right=False)
+    b = collate([make_sample(0, "the leftmost circle")], size=(32, 32), train=True, rng=0, augment=aug)
+    assert b["flipped"] == [False] and b["text"] == ["the leftmost circle"]
+    b = collate([make_sample(0, "the red circle")], size=(32, 32), train=True, rng=0, augment=aug)
+    assert b["flipped"] == [True]
+
+
+def test_swap_left_right_words_and_case():
+    assert swap_left_right("Left of the RIGHT one, leftmost, rightward") == (
+        "Right of the LEFT one, rightmost, leftward"
+    )
+    assert swap_left_right("the bright light") == "the bright light"
+
+
+def test_augmentation_is_deterministic_per_key_not_order():
+    samples = [make_sample(i) for i in range(4)]
+    a = collate(samples, size=(32, 32), train=True, rng=epoch_seed(0, 1), augment=AUG)
+    b = collate(samples[::-1], size=(32, 32), train=True, rng=epoch_seed(0, 1), augment=AUG)
+    assert torch.equal(a["clip"], b["clip"].flip(0))
+    assert torch.equal(a["mask"], b["mask"].flip(0))
+    c = collate(samples, size=(32, 32), train=True, rng=epoch_seed(0, 2), augment=AUG)
+    assert not torch.equal(a["clip"], c["clip"])
+
+
+def test_eval_collate_ignores_augmentation():
+    s = [make_sample(1)]
+    a = collate(s, size=(32, 32), train=False, rng=1, augment=AUG)
+    b = collate(s, size=(32, 32), train=False, rng=2, augment=AUG)
+    assert torch.equal(a["clip"], b["clip"]) and a["flipped"] == [False]
+
+
+def test_draw_uses_fixed_number_of_draws():
+    aug_off = dataclasses.replace(AUG, enabled=False)
+    g1, g2 = np.random.default_rng(0), np.random.default_rng(0)
+    draw_augmentation(g1, AUG, "x")
+    draw_augmentation(g2, aug_off, "x")
+    assert g1.random() == g2.random()
+
+
+def test_rows_from_numpy_batch():
+    batch = {"a": np.arange(3), "b": np.array(["x", "y", "z"], dtype=object)}
+    assert rows_from_batch(batch) == [{"a": 0, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "z"}]
+
+
+def test_val_sharding_partitions_clips(monkeypatch):
+    import data_prep.shards as shards
+
+    def fake_iter_samples(row):
+        for j in range(row["n"]):
+            yield {"clip_id": row["clip_id"], "object_id": str(j), "mask": np.ones((2, 2))}
+
+    monkeypatch.setattr(shards, "iter_samples", fake_iter_samples)
+    rows = [{"clip_id": f"c{i}", "n": i % 3 + 1} for i in range(7)]
+    full = [(s["clip_id"], s["object_id"]) for s in iter_val_samples(rows)]
+    parts = [
+        [(s["clip_id"], s["object_id"]) for s in iter_val_samples(rows, rank=r, world_size=3)]
+        for r in range(3)
+    ]
+    assert sorted(sum(parts, [])) == sorted(full) and len(full) == sum(i % 3 + 1 for i in range(7))
+    limited = list(iter_val_samples(rows, limit=2))
+    assert {s["clip_id"] for s in limited} == {"c0", "c1"}
