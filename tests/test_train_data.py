@@ -94,7 +94,9 @@ def test_flip_swaps_left_and_right_in_text():
 
 def test_no_flip_of_left_right_expressions_without_swap():
     aug = dataclasses.replace(AUG, crop_prob=0.0, hflip=1.0, swap_left_right=False)
-    b = collate([make_sample(0, "the leftmost circle")], size=(32, 32), train=True, rng=0, augment=aug)
+    b = collate(
+        [make_sample(0, "the leftmost circle")], size=(32, 32), train=True, rng=0, augment=aug
+    )
     assert b["flipped"] == [False] and b["text"] == ["the leftmost circle"]
     b = collate([make_sample(0, "the red circle")], size=(32, 32), train=True, rng=0, augment=aug)
     assert b["flipped"] == [True]
