@@ -168,32 +168,24 @@ def plan_shards(clips: dict[str, list[dict[str, Any]]], cfg: PrepConfig) -> list
 
 def source_fingerprint(dataset: str, root: Path, samples: list[Sample]) -> str:
     """Hash of the index (ids, expressions, relative paths) and the sizes of videos and masks."""
-    h = hashlib.sha256(dataset.encode())
-    sizes: dict[str, int] = {}
+    files: set[str] = set()
+    recs = []
     for s in samples:
-        files = [s.video.path] if s.video.kind == "mp4" else []
+        paths = [s.video.path] if s.video.kind == "mp4" else []
         if s.mask is not None:
-            files.append(s.mask.path)
-        for f in files:
-            if f not in sizes:
-                try:
-                    sizes[f] = os.stat(f).st_size
-                except OSError:
-                    sizes[f] = -1
-        rec = [
-            s.split,
-            s.video_id,
-            s.target_frame,
-            s.object_id,
-            s.expression_id,
-            s.expression,
-            s.meta_json(),
-        ]
-        rec += [os.path.relpath(f, root) for f in files] + [len(s.video.frames)]
-        h.update(json.dumps(rec, ensure_ascii=False).encode())
-    for f in sorted(sizes):
-        h.update(f"{os.path.relpath(f, root)}:{sizes[f]}".encode())
-    return h.hexdigest()
+            paths.append(s.mask.path)
+        files.update(paths)
+        recs.append((s.split, s.video_id, s.target_frame, s.object_id, s.expression_id, s.expression,
+                     s.meta_json(), paths, len(s.video.frames)))  # fmt: skip
+    sizes = []
+    for f in sorted(files):
+        try:
+            size = os.stat(f).st_size
+        except OSError:
+            size = -1
+        sizes.append((os.path.relpath(f, root), size))
+    payload = json.dumps([dataset, recs, sizes], ensure_ascii=False).replace(str(root), "<root>")
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.decode import DecodeError, open_video
-from data_prep.masks import MaskError, encode_png, load_mask
+from data_prep.masks import MaskError, MaskLoader, encode_png
 from data_prep.samples import MaskRef, Reject, VideoRef
 from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
 
@@ -41,15 +41,28 @@ class ClipSpec:
 
 
 def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:
-    """Resize (bilinear, aspect not kept) and JPEG-encode one RGB frame, deterministically."""
+    """Resize (bilinear, aspect not kept) and JPEG-encode (4:2:0) one RGB frame, deterministically.
+
+    libjpeg-turbo through simplejpeg (about 2x faster than PIL's encoder); PIL if absent.
+    """
     from PIL import Image
 
-    im = Image.fromarray(frame)
-    if im.size != (spec.width, spec.height):
-        im = im.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=spec.jpeg_quality)
-    return buf.getvalue()
+    if frame.shape[:2] != (spec.height, spec.width):
+        frame = np.ascontiguousarray(frame)
+        im = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame, "raw", "RGB", 0, 1)
+        frame = np.asarray(im.resize((spec.width, spec.height), Image.Resampling.BILINEAR))
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - simplejpeg is a pinned dependency
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=spec.jpeg_quality)
+        return buf.getvalue()
+    return simplejpeg.encode_jpeg(
+        np.ascontiguousarray(frame),
+        quality=spec.jpeg_quality,
+        colorspace="RGB",
+        colorsubsampling="420",
+    )
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -75,7 +88,11 @@ def progress_path(out: Path, rel: str) -> Path:
 
 
 def _clip_rows(
-    clips: list[dict[str, Any]], spec: ClipSpec, rejects: list[Reject], stats: dict[str, int]
+    clips: list[dict[str, Any]],
+    spec: ClipSpec,
+    rejects: list[Reject],
+    stats: dict[str, int],
+    masks: MaskLoader,
 ) -> Iterator[dict[str, Any]]:
     """Rows of the clips of one video (all share ``clips[0]['video']``)."""
     ref = VideoRef.from_dict(clips[0]["video"])
@@ -126,7 +143,7 @@ def _clip_rows(
             mask = b""
             if mref is not None:
                 try:
-                    m = load_mask(mref)
+                    m = masks.load(mref)
                     if m.shape != (h0, w0):
                         raise MaskError(
                             f"mask {mref.path} is {m.shape[1]}x{m.shape[0]} but the frames of "
@@ -177,8 +194,9 @@ def write_shard(plan: dict[str, Any], spec: ClipSpec, out: str) -> dict[str, Any
     rejects: list[Reject] = []
     stats = dict.fromkeys(("clips", "objects", "samples", "frames_stored", "frames_decoded"), 0)
     rows: list[dict[str, Any]] = []
+    masks = MaskLoader()
     for _, group in groupby(plan["clips"], key=lambda c: c["video_id"]):
-        rows.extend(_clip_rows(list(group), spec, rejects, stats))
+        rows.extend(_clip_rows(list(group), spec, rejects, stats, masks))
     table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
     final = out_dir / plan["path"]
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -87,10 +87,15 @@ def iter_clip_rows(root: str | os.PathLike[str], split: str) -> Iterator[dict[st
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    from PIL import Image
+    """A stored JPEG frame → ``uint8 [H, W, 3]`` (libjpeg-turbo via simplejpeg; PIL if absent)."""
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - simplejpeg is a pinned dependency
+        from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    return simplejpeg.decode_jpeg(data, colorspace="RGB")
 
 
 def decode_clip(frames: Sequence[bytes]) -> np.ndarray:
