@@ -69,6 +69,16 @@ def _read_a2d(path: str) -> tuple[list[str], np.ndarray]:
     return _ids(ids), re_mask
 
 
+def read_a2d(path: str) -> tuple[list[str], np.ndarray]:
+    """Public form of :func:`_read_a2d` for readers: instance ids and the stored ``reMask``."""
+    return _read_a2d(path)
+
+
+def a2d_select(path: str, ids: list[str], re_mask: np.ndarray, object_id: str) -> np.ndarray:
+    """The ``{0,1}`` ``[H, W]`` mask of ``object_id`` from an A2D ``reMask`` (handles both layouts)."""
+    return _a2d_select(path, ids, re_mask, object_id)
+
+
 def a2d_instances(path: str) -> list[str]:
     """Instance ids (as strings of ints) listed in an A2D per-frame ``.h5`` file."""
     return _ids(read_h5(path, ("instance",))[0])
@@ -153,6 +163,8 @@ class MaskLoader:
         """The object's mask as ``uint8 [H, W]`` in {0, 1}; raises :class:`MaskError`."""
         if ref.kind not in ("a2d_h5", "jhmdb_mat", "palette_png", "binary_png"):
             raise MaskError(f"unknown mask kind {ref.kind!r}")
+        if ref.png:
+            return decode_png(ref.png)
         data = self._file(ref.kind, ref.path)
         if isinstance(data, MaskError):
             raise data
@@ -204,6 +216,20 @@ def encode_png(mask: np.ndarray) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
         + chunk(b"IEND", b"")
     )
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from a PNG header, without decoding."""
+    w, h = struct.unpack(">II", data[16:24])
+    return int(h), int(w)
+
+
+def mask_png(loader: MaskLoader, ref: MaskRef) -> tuple[bytes, tuple[int, int]]:
+    """The stored form of a mask (PNG bytes) and its ``(H, W)``; reuses the reader's PNG."""
+    if ref.png:
+        return ref.png, png_size(ref.png)
+    m = loader.load(ref)
+    return encode_png(m), (int(m.shape[0]), int(m.shape[1]))
 
 
 def decode_png(data: bytes) -> np.ndarray:

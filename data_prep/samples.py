@@ -7,6 +7,7 @@ input it had to skip. Decoding happens later, inside the Ray tasks of ``lstc pre
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,12 +54,17 @@ class MaskRef:
     * ``jhmdb_mat``: ``path`` is a ``puppet_mask.mat``; ``frame`` indexes its last axis.
     * ``palette_png``: ``path`` is a palette PNG; pixels equal to ``int(object_id)`` are the object.
     * ``binary_png``: ``path`` is a PNG; every non-zero pixel is the object.
+
+    ``png``: the mask already encoded (uint8 {0,1} PNG, original size) when the reader had to
+    open the file anyway (A2D: the instance list and ``reMask`` live in the same ``.h5``), so
+    the prep tasks do not read the file a second time. Empty: load it from ``path``.
     """
 
     kind: MaskKind
     path: str
     object_id: str = ""
     frame: int = -1
+    png: bytes = field(default=b"", repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,13 +72,20 @@ class MaskRef:
             "path": self.path,
             "object_id": self.object_id,
             "frame": self.frame,
+            "png": base64.b64encode(self.png).decode() if self.png else "",
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> MaskRef | None:
         if d is None:
             return None
-        return cls(kind=d["kind"], path=d["path"], object_id=d["object_id"], frame=int(d["frame"]))
+        return cls(
+            kind=d["kind"],
+            path=d["path"],
+            object_id=d["object_id"],
+            frame=int(d["frame"]),
+            png=base64.b64decode(d["png"]) if d.get("png") else b"",
+        )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.decode import DecodeError, open_video
-from data_prep.masks import MaskError, MaskLoader, encode_png
+from data_prep.masks import MaskError, MaskLoader, mask_png
 from data_prep.samples import MaskRef, Reject, VideoRef
 from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
 
@@ -143,13 +143,11 @@ def _clip_rows(
             mask = b""
             if mref is not None:
                 try:
-                    m = masks.load(mref)
-                    if m.shape != (h0, w0):
+                    mask, (mh, mw) = mask_png(masks, mref)
+                    if (mh, mw) != (h0, w0):
                         raise MaskError(
-                            f"mask {mref.path} is {m.shape[1]}x{m.shape[0]} but the frames of "
-                            f"{ref.path} are {w0}x{h0}"
+                            f"mask {mref.path} is {mw}x{mh} but the frames of {ref.path} are {w0}x{h0}"
                         )
-                    mask = encode_png(m)
                 except MaskError as exc:
                     rejects.append(
                         Reject(

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_prep.masks import MaskError, a2d_instances
+from data_prep.masks import MaskError, a2d_select, encode_png, read_a2d
 from data_prep.readers.base import (
     Reader,
     Record,
@@ -126,17 +126,19 @@ class A2DReader(Reader):
                         f"no per-frame masks in {mask_root / vid}; restore the .h5 files of this video",
                     )
                 continue
-            listed: list[tuple[int, Path, list[str]]] = []
+            listed: list[tuple[int, Path, list[str], object]] = []
             for fnum, h5 in frames:
                 try:
-                    listed.append((fnum, h5, a2d_instances(str(h5))))
+                    ids, re_mask = read_a2d(str(h5))
+                    listed.append((fnum, h5, ids, re_mask))
                 except MaskError as exc:
                     yield self.reject(h5, f"{exc}; restore this .h5 file (its frame is skipped)")
+            pngs: dict[tuple[int, str], bytes | MaskError] = {}
             counter: dict[str, int] = defaultdict(int)
             for ln, inst, expr in vrows:
                 exp_id = str(counter[inst])
                 counter[inst] += 1
-                hits = [(fnum, h5) for fnum, h5, ids in listed if inst in ids]
+                hits = [(fnum, h5, ids, rm) for fnum, h5, ids, rm in listed if inst in ids]
                 if not hits:
                     yield self.reject(
                         item(ln),
@@ -144,7 +146,17 @@ class A2DReader(Reader):
                         f"{mask_root / vid}; fix the instance id of this row",
                     )
                     continue
-                for fnum, h5 in hits:
+                for fnum, h5, ids, re_mask in hits:
+                    png = pngs.get((fnum, inst))
+                    if png is None:
+                        try:  # the file is open anyway: encode the mask once, here
+                            png = encode_png(a2d_select(str(h5), ids, re_mask, inst))  # type: ignore[arg-type]
+                        except MaskError as exc:
+                            png = exc
+                        pngs[(fnum, inst)] = png
+                    if isinstance(png, MaskError):
+                        yield self.reject(h5, f"{png}; fix or restore this .h5 file")
+                        continue
                     yield Sample(
                         dataset=self.dataset,
                         split=SUBSETS[info["subset"]],
@@ -154,7 +166,7 @@ class A2DReader(Reader):
                         expression=expr,
                         expression_id=exp_id,
                         video=VideoRef("mp4", str(video)),
-                        mask=MaskRef("a2d_h5", str(h5), object_id=inst),
+                        mask=MaskRef("a2d_h5", str(h5), object_id=inst, png=png),
                         meta={"label": info["label"], "frame_name": h5.stem},
                     )
 

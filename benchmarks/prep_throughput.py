@@ -1,0 +1,219 @@
+"""Throughput of `lstc prep` on refer-shapes, next to a decode-only bound, and shard reads.
+
+1. **prep vs decode-only bound.** The same Ray instance (``--num-cpus`` CPUs) runs, on the
+   same shard plans: (a) a decode-only Ray Data job — decord decodes exactly the frames
+   prep decodes (the union of clip frames per video in each shard) and nothing else; and
+   (b) the full ``run_prep`` (index, decode, resize, JPEG, masks, Parquet, manifest).
+   Figure: decoded frames per second of each; target prep >= 0.7x the bound. The bound is
+   the best of two decode-only runs (one before, one after prep).
+2. **reading a training clip from shards vs decoding it from the source video**, one
+   process: shards = read the row + decode T JPEGs + decode the masks; source = open the
+   mp4 with decord, decode the T frames, resize them, read the masks from the .h5 files.
+   Target: shards >= 3x faster.
+
+Usage: ``python benchmarks/prep_throughput.py [--scale demo] [--num-cpus 2] [--work DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def decode_only(plan_json: str, spec: Any) -> int:
+    """Decode (decord) exactly the frames the shard writer decodes for this plan; no encoding."""
+    from data_prep.decode import open_video
+    from data_prep.samples import VideoRef
+    from data_prep.schema import clip_frame_indices
+
+    plan = json.loads(plan_json)
+    n_frames = 0
+    for _, group in groupby(plan["clips"], key=lambda c: c["video_id"]):
+        clips = list(group)
+        src = open_video(VideoRef.from_dict(clips[0]["video"]))
+        n = src.num_frames
+        union = sorted(
+            {
+                i
+                for c in clips
+                if c["target_frame"] < n
+                for i in clip_frame_indices(c["target_frame"], n, spec.num_frames, spec.stride)[0]
+            }
+        )
+        if union:
+            src.get(union)
+            n_frames += len(union)
+    return n_frames
+
+
+def run_decode_bound(plans: list[dict[str, Any]], spec: Any) -> tuple[int, float]:
+    import ray.data
+
+    ds = ray.data.from_items(
+        [{"plan": json.dumps(p)} for p in plans], override_num_blocks=len(plans)
+    )
+    ds = ds.map(lambda row: {"frames": decode_only(row["plan"], spec)}, num_cpus=1)
+    t0 = time.perf_counter()
+    frames = sum(r["frames"] for r in ds.iter_rows())
+    return frames, time.perf_counter() - t0
+
+
+def shard_vs_source(shards: Path, source: Path, spec: Any, limit: int) -> tuple[float, float, int]:
+    """Median ms per clip: read from shards vs decode from the source video (one process)."""
+    import numpy as np
+    from PIL import Image
+
+    from data_prep.decode import open_video
+    from data_prep.masks import load_mask
+    from data_prep.samples import MaskRef, VideoRef
+    from data_prep.shards import iter_clip_rows, iter_samples
+
+    rows = []
+    for r in iter_clip_rows(shards, "train"):
+        rows.append(
+            {k: r[k] for k in ("video_id", "target_frame", "frame_indices")}
+            | {"objects": [o["object_id"] for o in r["objects"]]}
+        )
+        if len(rows) >= limit:
+            break
+    t_shard = []
+    t0 = time.perf_counter()
+    for r in iter_clip_rows(shards, "train"):
+        for _ in iter_samples(r):  # decodes the clip once, the mask per object
+            pass
+        t1 = time.perf_counter()
+        t_shard.append(t1 - t0)
+        t0 = t1
+        if len(t_shard) >= limit:
+            break
+    t_src = []
+    for r in rows:
+        t0 = time.perf_counter()
+        video = open_video(
+            VideoRef("mp4", str(source / "Release/clips320H" / f"{r['video_id']}.mp4"))
+        )
+        frames = video.get(r["frame_indices"])
+        _ = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(f).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+                )
+                for f in frames
+            ]
+        )
+        h5 = (
+            source
+            / "text_annotations/a2d_annotation_with_instances"
+            / r["video_id"]
+            / f"{r['target_frame'] + 1:05d}.h5"
+        )
+        for obj in r["objects"]:
+            load_mask(MaskRef("a2d_h5", str(h5), obj))
+        t_src.append(time.perf_counter() - t0)
+    return statistics.median(t_shard) * 1e3, statistics.median(t_src) * 1e3, len(rows)
+
+
+CONFIGS = {
+    # what `lstc demo` prepares for the tiny CPU recipe
+    "demo": dict(frames=4, stride=2, size=(64, 64)),
+    # the paper's clip (8 frames at stride 2), A2D's 320x240 -> 320x320 ratio at refer-shapes' 160x120
+    "paper-like": dict(frames=8, stride=2, size=(160, 160)),
+}
+
+
+def bench_config(name: str, source: Path, out: Path, args: argparse.Namespace) -> None:
+    from data_prep.prep import PrepConfig, build_clips, plan_shards, run_prep
+    from data_prep.readers import get_reader
+    from data_prep.shard_writer import ClipSpec
+
+    c = CONFIGS[name]
+    spec = ClipSpec(
+        num_frames=c["frames"], stride=c["stride"], height=c["size"][0], width=c["size"][1]
+    )
+    cfg = PrepConfig(dataset="refer_shapes", root=str(source), out=str(out), clip=spec,
+                     clips_per_shard=args.clips_per_shard, progress=False)  # fmt: skip
+    samples, _ = get_reader("refer_shapes", source).read()
+    plans = plan_shards(build_clips(samples), cfg)
+    run_decode_bound(plans[: args.num_cpus], spec)  # warm the workers (imports) for both jobs
+    f1, s1 = run_decode_bound(plans, spec)
+    shutil.rmtree(out, ignore_errors=True)
+    summary = run_prep(cfg)
+    f2, s2 = run_decode_bound(plans, spec)
+    bound = max(f1 / s1, f2 / s2)
+    e2e = summary.frames_decoded / summary.seconds
+    phase = summary.frames_decoded / summary.seconds_write
+    print(f"\n[1:{name}] T={spec.num_frames} stride {spec.stride} -> {spec.height}x{spec.width}: "
+          f"{summary.clips} clips, {summary.samples} samples, {len(plans)} shards, "
+          f"{summary.frames_decoded} frames decoded, {summary.frames_stored} stored; {args.num_cpus} CPUs")  # fmt: skip
+    print(
+        f"    decode-only bound (decord, same frames, same Ray CPUs): {f1 / s1:6.0f} / {f2 / s2:.0f} frames/s (before / after prep)"
+    )
+    print(
+        f"    lstc prep, shard-writing job     : {phase:6.0f} frames/s ({summary.seconds_write:.1f} s)  ratio {phase / bound:.2f}"
+    )
+    print(
+        f"    lstc prep, end to end (+ index)  : {e2e:6.0f} frames/s ({summary.seconds:.1f} s, index {summary.seconds_index:.1f} s)  ratio {e2e / bound:.2f}"
+    )
+    print("    target: ratio >= 0.70")
+    if name == args.read_config:
+        ms_shard, ms_src, n = shard_vs_source(out, source, spec, args.read_clips)
+        print(
+            f"\n[2:{name}] one training clip ({spec.num_frames} frames + masks), median over {n} clips, one process:"
+        )
+        print(f"    from shards: {ms_shard:.2f} ms   from source video: {ms_src:.2f} ms   "
+              f"speed-up {ms_src / ms_shard:.1f}x   (target >= 3x)")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scale", default="demo", choices=["tiny", "demo"])
+    ap.add_argument("--videos", type=int, default=None, help="override the number of videos")
+    ap.add_argument(
+        "--num-cpus", type=int, default=2, help="CPUs of the local Ray (both measurements)"
+    )
+    ap.add_argument("--config", action="append", choices=sorted(CONFIGS), help="default: all")
+    ap.add_argument("--clips-per-shard", type=int, default=64)
+    ap.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
+    ap.add_argument("--read-clips", type=int, default=200, help="clips timed in part 2")
+    ap.add_argument("--read-config", default="paper-like", choices=sorted(CONFIGS))
+    args = ap.parse_args()
+
+    import ray
+
+    from data_prep.synthetic import config_for, generate
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="lstc-prep-bench-"))
+    source = work / "source"
+    synth = config_for(args.scale, 0, **({"num_videos": args.videos} if args.videos else {}))
+    marker = work / "source.json"
+    if not marker.exists() or json.loads(marker.read_text()) != synth.__dict__:
+        shutil.rmtree(source, ignore_errors=True)
+        t0 = time.perf_counter()
+        generate(source, synth)
+        marker.write_text(json.dumps(synth.__dict__))
+        print(f"generated refer-shapes {args.scale}: {synth.num_videos} videos x {synth.num_frames} frames "
+              f"{synth.width}x{synth.height} in {time.perf_counter() - t0:.1f} s")  # fmt: skip
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, object_store_memory=300 * 1024 * 1024,
+             log_to_driver=False)  # fmt: skip
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    for name in args.config or list(CONFIGS):
+        bench_config(name, source, work / f"shards-{name}", args)
+    ray.shutdown()
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
