@@ -76,6 +76,7 @@ class PrepSummary:
     counts: dict[str, dict[str, int]]
     seconds_index: float = 0.0  # reading the benchmark's index, planning, checking finished shards
     seconds_write: float = 0.0  # the Ray Data shard-writing job (without starting Ray)
+    cpu_seconds_write: float = 0.0  # CPU time spent inside the shard tasks (sum over tasks)
 
     @property
     def frames_per_s(self) -> float:
@@ -231,8 +232,10 @@ def _init_ray(cfg: PrepConfig) -> None:
         )
 
 
-def _run_shards(plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any) -> list[dict[str, Any]]:
-    """Run the shard writers as a streaming Ray Data map; yields records as shards finish."""
+def _run_shards(
+    plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any
+) -> tuple[list[dict[str, Any]], float]:
+    """Run the shard writers as a streaming Ray Data map: (records, CPU seconds of the tasks)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -245,17 +248,21 @@ def _run_shards(plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any) -> list[
     spec, out = cfg.clip, str(Path(cfg.out).resolve())
 
     def work(row: dict[str, Any]) -> dict[str, Any]:
-        return {"record": json.dumps(write_shard(json.loads(row["plan"]), spec, out))}
+        cpu = time.process_time()
+        record = write_shard(json.loads(row["plan"]), spec, out)
+        return {"record": json.dumps(record), "cpu_s": time.process_time() - cpu}
 
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
     ds = ds.map(work, num_cpus=1, compute=compute)
     records = []
+    cpu_s = 0.0
     for row in ds.iter_rows():
         rec = json.loads(row["record"])
         records.append(rec)
+        cpu_s += float(row["cpu_s"])
         bar.update(1)
         bar.set_postfix(clips=sum(r["clips"] for r in records), refresh=False)
-    return records
+    return records, cpu_s
 
 
 def run_prep(cfg: PrepConfig) -> PrepSummary:
@@ -279,14 +286,15 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
             done[p["path"]] = rec
     todo = [p for p in plans if p["path"] not in done]
     seconds_index = time.perf_counter() - start
-    seconds_write = 0.0
+    seconds_write = cpu_write = 0.0
     bar = tqdm(
         total=len(plans), initial=len(done), unit="shard", desc="prep", disable=not cfg.progress
     )
     if todo:
         _init_ray(cfg)
         t_write = time.perf_counter()
-        for rec in _run_shards(todo, cfg, bar):
+        fresh_records, cpu_write = _run_shards(todo, cfg, bar)
+        for rec in fresh_records:
             done[rec["path"]] = rec
         seconds_write = time.perf_counter() - t_write
     bar.close()
@@ -331,6 +339,7 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
         counts=counts,
         seconds_index=seconds_index,
         seconds_write=seconds_write,
+        cpu_seconds_write=cpu_write,
     )
 
 
