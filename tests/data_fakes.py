@@ -236,11 +236,12 @@ def make_custom(root: Path) -> dict:
     md.mkdir(parents=True)
     for t in (1, 3):
         Image.fromarray(box_mask(2, 2, 9 + t, 9) * 255).save(md / f"img{t}.png")
-    (root / "expressions.csv").write_text(
-        "video,expression,masks,split\n"
-        "videos/clip.mp4,a thing moving right,,\n"
-        "videos/seq,the red square,masks/seq,train\n"
-        "videos/nothere.mp4,absent,,\n"
-        "videos/seq,,masks/seq,train\n"
+    (root / "expressions.csv").write_bytes(
+        b"video,expression,masks,split\n"
+        b"videos/clip.mp4,a thing moving right,,\n"
+        b"videos/seq,the red square,masks/seq,train\n"
+        b"videos/nothere.mp4,absent,,\n"
+        b"videos/seq,,masks/seq,train\n"
+        b"videos/seq,caf\xe9 latin-1,masks/seq,train\n"
     )
-    return {"samples": {"test": 6, "train": 2}, "rejects": 2}
+    return {"samples": {"test": 6, "train": 2}, "rejects": 3}

@@ -112,7 +112,8 @@ def test_custom_csv(tmp_path: Path):
     assert per_split(samples) == truth["samples"]
     assert len(rejects) == truth["rejects"]
     seq = [s for s in samples if s.split == "train"]
-    assert [s.target_frame for s in seq] == [1, 3]
+    assert [s.target_frame for s in seq] == [1, 3] and {s.expression_id for s in seq} == {"3"}
+    assert any("line 6" in r.reason and "UTF-8" in r.reason for r in rejects)
     assert all(s.mask is None for s in samples if s.split == "test")
 
 

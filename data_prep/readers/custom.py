@@ -17,7 +17,6 @@ to ``test``. Each CSV row is one expression: ``expression_id`` is its line numbe
 from __future__ import annotations
 
 import csv
-import io
 from collections.abc import Iterator
 
 from data_prep.decode import DecodeError, open_video
@@ -34,15 +33,20 @@ class CustomReader(Reader):
 
     def records(self) -> Iterator[Record]:
         csv_path = self.root / "expressions.csv"
-        raw = csv_path.read_bytes()
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw[: exc.start].count(b"\n") + 1
-            raise DatasetRootError(
-                f"{csv_path} is not valid UTF-8 (line {line}); re-save it as UTF-8"
-            ) from exc
-        reader = csv.DictReader(io.StringIO(text))
+        good: list[str] = []
+        line_of: list[int] = []  # original line number of every decodable line
+        for n, raw in enumerate(csv_path.read_bytes().splitlines(), start=1):
+            try:
+                text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield self.reject(
+                    f"{csv_path}:{n}",
+                    f"line {n} of {csv_path} is not valid UTF-8; re-save the file as UTF-8",
+                )
+                continue
+            good.append(text)
+            line_of.append(n)
+        reader = csv.DictReader(good)
         fields = set(reader.fieldnames or [])
         if not {"video", "expression"} <= fields:
             raise DatasetRootError(
@@ -51,7 +55,7 @@ class CustomReader(Reader):
             )
         frame_counts: dict[str, int] = {}
         for row in reader:
-            ln = reader.line_num
+            ln = line_of[reader.line_num - 1]
             item = f"{csv_path}:{ln}"
             expr = clean_expression(row.get("expression"))
             if expr is None:
