@@ -139,6 +139,7 @@ class TrainConfig:
     fail_at_epoch: int | None = None  # test hook: rank 1 raises in this (1-based) epoch, once
     find_unused_parameters: bool = False
     ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
+    measure_loader: bool = False  # benchmark: time one loader-only pass before each epoch
 
 
 @dataclass(frozen=True, kw_only=True)

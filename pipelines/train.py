@@ -186,7 +186,9 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
 
     tr = recipe.train
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    data_ctx = ray.data.DataContext.get_current()
+    data_ctx.enable_progress_bars = False
+    data_ctx.execution_options.preserve_order = True  # deterministic (cached) block order
     run_dir = run_dir_of(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(recipe.tracking.uri)

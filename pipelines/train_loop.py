@@ -85,6 +85,43 @@ def _make_collate_fn(recipe: Any, epoch: int) -> Any:
     return _Collate()
 
 
+def _train_batches(shard: Any, recipe: Any, epoch: int) -> Any:
+    """The epoch's training batches: local shuffle seeded by (seed, epoch), collate with
+    augmentation in Ray Data's prefetch threads, last partial batch dropped (equal steps)."""
+    from pipelines.data import epoch_seed
+
+    es = epoch_seed(recipe.train.seed, epoch)
+    return shard.iter_torch_batches(
+        batch_size=recipe.data.batch_size,
+        collate_fn=_make_collate_fn(recipe, epoch),
+        drop_last=True,
+        local_shuffle_buffer_size=recipe.data.shuffle_buffer or None,
+        local_shuffle_seed=es if recipe.data.shuffle_buffer else None,
+        prefetch_batches=recipe.data.prefetch_batches,
+    )
+
+
+def _loader_pass(shard: Any, recipe: Any, epoch: int, world: int, device: Any) -> float:
+    """Samples/s of one loader-only pass over this epoch's data (all workers together)."""
+    t0 = time.perf_counter()
+    n = 0
+    for batch in _train_batches(shard, recipe, epoch):
+        n += len(batch["text"])
+    dt = time.perf_counter() - t0
+    total = _all_mean(float(n), 1.0, device) * world
+    return total / max(_all_max(dt, device), 1e-9)
+
+
+def _all_max(value: float, device: Any) -> float:
+    import torch
+
+    dist = _dist()
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    if dist is not None:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t[0])
+
+
 def _dist() -> Any:
     import torch.distributed as dist
 
@@ -264,17 +301,13 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         seed_everything(es * 1009 + rank)
         if rank == 0:
             append_event(run_dir, "epoch_start", epoch=epoch + 1, global_step=global_step)
+        loader_rate = (
+            _loader_pass(train_shard, recipe, epoch, world, device) if tr.measure_loader else None
+        )
         model.train()
         t0 = time.perf_counter()
         loss_sum, n_batches, n_samples = 0.0, 0, 0
-        batches = train_shard.iter_torch_batches(
-            batch_size=recipe.data.batch_size,
-            collate_fn=_make_collate_fn(recipe, epoch),
-            drop_last=True,
-            local_shuffle_buffer_size=recipe.data.shuffle_buffer or None,
-            local_shuffle_seed=es if recipe.data.shuffle_buffer else None,
-            prefetch_batches=recipe.data.prefetch_batches,
-        )
+        batches = _train_batches(train_shard, recipe, epoch)
         optimizer.zero_grad(set_to_none=True)
         micro = 0
         for batch in batches:
@@ -355,6 +388,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             "time/val_s": val_time,
             "lr": scheduler.get_last_lr()[0],
         }
+        if loader_rate is not None:
+            metrics["loader/samples_per_s"] = loader_rate
         for k, v in val.items():
             metrics[f"val/{metric_key(k)}"] = float(v)
         for k in ("train/loss", *[f"val/{metric_key(k)}" for k in val]):
