@@ -141,9 +141,9 @@ CONFIGS = {
 
 
 def bench_config(name: str, source: Path, out: Path, args: argparse.Namespace) -> None:
-    from data_prep.prep import PrepConfig, build_clips, plan_shards, run_prep
+    from data_prep.prep import PrepConfig, plan_unit_shards, run_prep
     from data_prep.readers import get_reader
-    from data_prep.shard_writer import ClipSpec
+    from data_prep.shard_writer import ClipSpec, _plan_clips
 
     c = CONFIGS[name]
     spec = ClipSpec(
@@ -151,8 +151,13 @@ def bench_config(name: str, source: Path, out: Path, args: argparse.Namespace) -
     )
     cfg = PrepConfig(dataset="refer_shapes", root=str(source), out=str(out), clip=spec,
                      clips_per_shard=args.clips_per_shard, progress=False)  # fmt: skip
-    samples, _ = get_reader("refer_shapes", source).read()
-    plans = plan_shards(build_clips(samples), cfg)
+    reader = get_reader("refer_shapes", source)
+    _, units = reader.units()
+    # the exact shards prep writes, with their clips resolved here (outside the timed job)
+    plans = []
+    for p in plan_unit_shards(units, cfg, str(reader.root)):
+        clips, _ = _plan_clips(p, reader)
+        plans.append({"path": p["path"], "clips": clips})
     run_decode_bound(plans[: args.num_cpus], spec)  # warm the workers (imports) for both jobs
     bounds = []
     preps = []

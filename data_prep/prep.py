@@ -22,9 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from data_prep.clips import build_clips
 from data_prep.readers import get_reader
-from data_prep.samples import Reject, Sample
-from data_prep.schema import SCHEMA_VERSION, clip_id
+from data_prep.readers.base import IndexUnit
+from data_prep.samples import Reject
+from data_prep.schema import SCHEMA_VERSION
 from data_prep.shard_writer import (
     ClipSpec,
     atomic_write_bytes,
@@ -102,55 +104,9 @@ def _hash_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def build_clips(samples: list[Sample]) -> dict[str, list[dict[str, Any]]]:
-    """Samples → clip dicts per split, sorted by (video id, target frame); objects/expressions nested."""
-    clips: dict[tuple[str, str, int], dict[str, Any]] = {}
-    for s in samples:
-        key = s.clip_key
-        c = clips.get(key)
-        if c is None:
-            c = clips[key] = {
-                "dataset": s.dataset,
-                "split": s.split,
-                "video_id": s.video_id,
-                "clip_id": clip_id(s.video_id, s.target_frame),
-                "target_frame": s.target_frame,
-                "video": s.video.to_dict(),
-                "objects": {},
-            }
-        obj = c["objects"].setdefault(
-            s.object_id,
-            {
-                "object_id": s.object_id,
-                "mask": s.mask.to_dict() if s.mask else None,
-                "expressions": {},
-            },
-        )
-        obj["expressions"].setdefault(
-            s.expression_id,
-            {"expression_id": s.expression_id, "text": s.expression, "meta": s.meta_json()},
-        )
-    per_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for key in sorted(clips, key=lambda k: (k[0], k[1], k[2])):
-        c = clips[key]
-        c["objects"] = [
-            {
-                **o,
-                "expressions": [
-                    o["expressions"][e] for e in sorted(o["expressions"], key=_natural)
-                ],
-            }
-            for _, o in sorted(c["objects"].items(), key=lambda kv: _natural(kv[0]))
-        ]
-        per_split[c["split"]].append(c)
-    return dict(per_split)
-
-
-def _natural(s: str) -> tuple[Any, ...]:
-    return (0, int(s), "") if s.isdigit() else (1, 0, s)
-
-
-def plan_shards(clips: dict[str, list[dict[str, Any]]], cfg: PrepConfig) -> list[dict[str, Any]]:
+def plan_shards(
+    clips: dict[str, list[dict[str, Any]]], cfg: PrepConfig, root: str = ""
+) -> list[dict[str, Any]]:
     """Deterministic assignment of clips to shards: consecutive chunks per split."""
     plans = []
     config_hash = cfg.config_hash()
@@ -163,33 +119,54 @@ def plan_shards(clips: dict[str, list[dict[str, Any]]], cfg: PrepConfig) -> list
                 {
                     "path": rel,
                     "split": split,
-                    "plan_hash": _hash_json([config_hash, rel, chunk]),
+                    "root": root,
+                    "plan_hash": _hash_json([config_hash, rel, root, chunk]),
                     "clips": chunk,
                 }
             )
     return plans
 
 
-def source_fingerprint(dataset: str, root: Path, samples: list[Sample]) -> str:
-    """Hash of the index (ids, expressions, relative paths) and the sizes of videos and masks."""
-    files: set[str] = set()
-    recs = []
-    for s in samples:
-        paths = [s.video.path] if s.video.kind == "mp4" else []
-        if s.mask is not None:
-            paths.append(s.mask.path)
-        files.update(paths)
-        recs.append((s.split, s.video_id, s.target_frame, s.object_id, s.expression_id, s.expression,
-                     s.meta_json(), paths, len(s.video.frames)))  # fmt: skip
-    sizes = []
-    for f in sorted(files):
-        try:
-            size = os.stat(f).st_size
-        except OSError:
-            size = -1
-        sizes.append((os.path.relpath(f, root), size))
-    payload = json.dumps([dataset, recs, sizes], ensure_ascii=False).replace(str(root), "<root>")
-    return hashlib.sha256(payload.encode()).hexdigest()
+def plan_unit_shards(units: list[IndexUnit], cfg: PrepConfig, root: str) -> list[dict[str, Any]]:
+    """Deterministic assignment of index units (videos) to shards: per split, in key order,
+    consecutive units until their estimated clips reach ``clips_per_shard``."""
+    by_split: dict[str, list[IndexUnit]] = defaultdict(list)
+    for u in units:
+        by_split[u.split].append(u)
+    config_hash = cfg.config_hash()
+    plans: list[dict[str, Any]] = []
+    for split in sorted(by_split):
+        groups: list[list[dict[str, Any]]] = [[]]
+        weight = 0
+        for u in sorted(by_split[split], key=lambda u: u.key):
+            if weight >= cfg.clips_per_shard:
+                groups.append([])
+                weight = 0
+            groups[-1].append(u.to_dict())
+            weight += max(u.weight, 1)
+        for k, group in enumerate(g for g in groups if g):
+            rel = f"{split}/part-{k:05d}.parquet"
+            plans.append(
+                {
+                    "path": rel,
+                    "split": split,
+                    "root": root,
+                    "plan_hash": _hash_json([config_hash, rel, root, group]),
+                    "units": group,
+                }
+            )
+    return plans
+
+
+def source_fingerprint(
+    dataset: str, rejects: list[dict[str, str]], records: list[dict[str, Any]], root: str
+) -> str:
+    """Hash of the reader's own rejects and every shard's source digest (index content with
+    paths relative to the root, mask bytes, video file sizes): changes when the input does."""
+    payload = json.dumps(
+        [dataset, rejects, [r["source_digest"] for r in records]], ensure_ascii=False
+    )
+    return hashlib.sha256(payload.replace(root, "<root>").encode()).hexdigest()
 
 
 def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
@@ -233,7 +210,7 @@ def _init_ray(cfg: PrepConfig) -> None:
 
 
 def _run_shards(
-    plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any
+    plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any, reader: Any
 ) -> tuple[list[dict[str, Any]], float]:
     """Run the shard writers as a streaming Ray Data map: (records, CPU seconds of the tasks)."""
     import ray.data
@@ -249,7 +226,7 @@ def _run_shards(
 
     def work(row: dict[str, Any]) -> dict[str, Any]:
         cpu = time.process_time()
-        record = write_shard(json.loads(row["plan"]), spec, out)
+        record = write_shard(json.loads(row["plan"]), spec, out, reader)
         return {"record": json.dumps(record), "cpu_s": time.process_time() - cpu}
 
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
@@ -271,14 +248,21 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
 
     start = time.perf_counter()
     reader = get_reader(cfg.dataset, cfg.root)
-    samples, reader_rejects = reader.read()
-    if cfg.splits:
-        samples = [s for s in samples if s.split in cfg.splits]
+    root = str(reader.root)
+    split_index = reader.units()
+    if split_index is None:  # the whole index in the driver (metadata only)
+        samples, reader_rejects = reader.read()
+        if cfg.splits:
+            samples = [s for s in samples if s.split in cfg.splits]
+        plans = plan_shards(build_clips(samples), cfg, root)
+    else:  # cheap pass here, the expensive part of the index inside the shard tasks
+        reader_rejects, units = split_index
+        if cfg.splits:
+            units = [u for u in units if u.split in cfg.splits]
+        plans = plan_unit_shards(units, cfg, root)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _clean_tmp(out)
-    clips = build_clips(samples)
-    plans = plan_shards(clips, cfg)
     done: dict[str, dict[str, Any]] = {}
     for p in plans:
         rec = _finished(out, p)
@@ -293,7 +277,7 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
     if todo:
         _init_ray(cfg)
         t_write = time.perf_counter()
-        fresh_records, cpu_write = _run_shards(todo, cfg, bar)
+        fresh_records, cpu_write = _run_shards(todo, cfg, bar, reader)
         for rec in fresh_records:
             done[rec["path"]] = rec
         seconds_write = time.perf_counter() - t_write
@@ -314,7 +298,9 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
         "dataset": cfg.dataset,
         "config": cfg.output_config(),
         "config_hash": cfg.config_hash(),
-        "source_fingerprint": source_fingerprint(cfg.dataset, reader.root, samples),
+        "source_fingerprint": source_fingerprint(
+            cfg.dataset, [r.to_dict() for r in reader_rejects], records, root
+        ),
         "counts": counts,
         "rejects": len(rejects),
         "shards": [
@@ -364,4 +350,12 @@ def _write_rejects(path: Path, rejects: list[dict[str, str]]) -> None:
     os.replace(tmp, path)
 
 
-__all__ = ["PrepConfig", "PrepSummary", "Reject", "build_clips", "plan_shards", "run_prep"]
+__all__ = [
+    "PrepConfig",
+    "PrepSummary",
+    "Reject",
+    "build_clips",
+    "plan_shards",
+    "plan_unit_shards",
+    "run_prep",
+]

@@ -183,17 +183,54 @@ def _clip_rows(
         }
 
 
-def write_shard(plan: dict[str, Any], spec: ClipSpec, out: str) -> dict[str, Any]:
-    """Write one shard and its progress record; returns the record (counts, sha256, rejects)."""
+def _plan_clips(plan: dict[str, Any], reader: Any) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """The clips of a plan: given, or built here from the plan's index units."""
+    if "units" not in plan:
+        return plan["clips"], []
+    from data_prep.clips import build_clips
+    from data_prep.readers.base import IndexUnit, split_records
+
+    if reader is None:
+        raise ValueError(f"plan {plan['path']} lists index units but no reader was given")
+    samples, rejects = split_records(
+        r for u in plan["units"] for r in reader.unit_records(IndexUnit(**u))
+    )
+    by_split = build_clips(samples)
+    return [c for split in sorted(by_split) for c in by_split[split]], rejects
+
+
+def _source_digest(clips: list[dict[str, Any]], root: str) -> str:
+    """What this shard was made from: clip specs (paths relative to the root) and video sizes."""
+    sizes = {}
+    for c in clips:
+        v = c["video"]
+        if v["kind"] == "mp4" and v["path"] not in sizes:
+            try:
+                sizes[v["path"]] = os.stat(v["path"]).st_size
+            except OSError:
+                sizes[v["path"]] = -1
+    payload = json.dumps([clips, sorted(sizes.items())], sort_keys=True, ensure_ascii=False)
+    if root:
+        payload = payload.replace(root, "<root>")
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def write_shard(
+    plan: dict[str, Any], spec: ClipSpec, out: str, reader: Any = None
+) -> dict[str, Any]:
+    """Write one shard and its progress record; returns the record (counts, sha256, rejects).
+
+    ``reader`` is needed for plans made of index units (:meth:`Reader.unit_records` runs here).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     out_dir = Path(out)
-    rejects: list[Reject] = []
+    clips, rejects = _plan_clips(plan, reader)
     stats = dict.fromkeys(("clips", "objects", "samples", "frames_stored", "frames_decoded"), 0)
     rows: list[dict[str, Any]] = []
     masks = MaskLoader()
-    for _, group in groupby(plan["clips"], key=lambda c: c["video_id"]):
+    for _, group in groupby(clips, key=lambda c: c["video_id"]):
         rows.extend(_clip_rows(list(group), spec, rejects, stats, masks))
     table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
     final = out_dir / plan["path"]
@@ -219,6 +256,7 @@ def write_shard(plan: dict[str, Any], spec: ClipSpec, out: str) -> dict[str, Any
         "bytes": final.stat().st_size,
         **stats,
         "rejects": [r.to_dict() for r in rejects],
+        "source_digest": _source_digest(clips, plan.get("root", "")),
     }
     rec_path = progress_path(out_dir, plan["path"])
     rec_path.parent.mkdir(parents=True, exist_ok=True)

@@ -157,7 +157,7 @@ def test_resume_redoes_only_broken_shards(ray_local, tmp_path: Path):
 
 
 def test_killed_then_rerun_equals_uninterrupted_run(ray_local, tmp_path: Path):
-    generate(tmp_path / "src", config_for("tiny", seed=2))
+    generate(tmp_path / "src", config_for("tiny", seed=2, num_videos=16))  # 16 shards of 1 video
     reference = tmp_path / "reference"
     prep(tmp_path / "src", reference, "refer_shapes", clips_per_shard=1)
     total = len(load_manifest(reference)["shards"])

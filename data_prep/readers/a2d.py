@@ -22,6 +22,7 @@ from pathlib import Path
 
 from data_prep.masks import MaskError, a2d_select, encode_png, read_a2d
 from data_prep.readers.base import (
+    IndexUnit,
     Reader,
     Record,
     clean_expression,
@@ -29,7 +30,7 @@ from data_prep.readers.base import (
     expression_problem,
     register_reader,
 )
-from data_prep.samples import DatasetRootError, MaskRef, Sample, VideoRef
+from data_prep.samples import DatasetRootError, MaskRef, Reject, Sample, VideoRef
 
 SUBSETS = {"0": "train", "1": "test"}
 
@@ -66,7 +67,9 @@ class A2DReader(Reader):
             return set()
         return {ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()}
 
-    def records(self) -> Iterator[Record]:
+    def units(self) -> tuple[list[Reject], list[IndexUnit]]:
+        """Driver pass (text files and folder listings only): rejects + one unit per video."""
+        head: list[Reject] = []
         videoset = self._videoset()
         missed = self._missed()
         ann_path = self.root / "text_annotations/a2d_annotation.txt"
@@ -76,99 +79,115 @@ class A2DReader(Reader):
                 continue
             parts = (text or raw.decode("utf-8", errors="replace")).split(",", 2)
             if len(parts) < 3:
-                yield self.reject(
-                    f"{ann_path}:{line_no}",
-                    f"line {line_no} of {ann_path} is not 'video_id,instance_id,query'; fix or delete it",
+                head.append(
+                    self.reject(
+                        f"{ann_path}:{line_no}",
+                        f"line {line_no} of {ann_path} is not 'video_id,instance_id,query'; fix or delete it",
+                    )
                 )
                 continue
             vid, inst = parts[0].strip(), parts[1].strip()
             expr = clean_expression(parts[2] if text is not None else None)
             if expr is None:
-                yield self.reject(
-                    f"{ann_path}:{line_no}", expression_problem(text, ann_path, line_no)
+                head.append(
+                    self.reject(
+                        f"{ann_path}:{line_no}", expression_problem(text, ann_path, line_no)
+                    )
                 )
                 continue
             rows[vid].append((line_no, inst, expr))
 
+        units: list[IndexUnit] = []
         mask_root = self.root / "text_annotations/a2d_annotation_with_instances"
         for vid in sorted(rows):
             vrows = rows[vid]
-            item = lambda ln: f"{ann_path}:{ln}"  # noqa: E731
+
+            def bad(reason: str, vrows: list[tuple[int, str, str]] = vrows) -> None:
+                head.extend(self.reject(f"{ann_path}:{ln}", reason) for ln, _, _ in vrows)
+
             if vid in missed:
-                for ln, _, _ in vrows:
-                    yield self.reject(
-                        item(ln),
-                        f"video {vid} is listed in a2d_missed_videos.txt (excluded by the benchmark)",
-                    )
+                bad(f"video {vid} is listed in a2d_missed_videos.txt (excluded by the benchmark)")
                 continue
             info = videoset.get(vid)
             if info is None or info["subset"] not in SUBSETS:
                 why = "is not in" if info is None else f"has subset {info['subset']!r} (not 0/1) in"
-                for ln, _, _ in vrows:
-                    yield self.reject(
-                        item(ln),
-                        f"video {vid} {why} Release/videoset.csv; add it there or drop the row",
-                    )
+                bad(f"video {vid} {why} Release/videoset.csv; add it there or drop the row")
                 continue
             video = self.root / "Release/clips320H" / f"{vid}.mp4"
             if not video.is_file():
-                for ln, _, _ in vrows:
-                    yield self.reject(
-                        item(ln),
-                        f"annotation row points at absent video {video}; restore the clip or delete the row",
-                    )
+                bad(
+                    f"annotation row points at absent video {video}; restore the clip or delete the row"
+                )
                 continue
             frames = sorted(_h5_frames(mask_root / vid))
             if not frames:
-                for ln, _, _ in vrows:
-                    yield self.reject(
-                        item(ln),
-                        f"no per-frame masks in {mask_root / vid}; restore the .h5 files of this video",
-                    )
+                bad(f"no per-frame masks in {mask_root / vid}; restore the .h5 files of this video")
                 continue
-            listed: list[tuple[int, Path, list[str], object]] = []
-            for fnum, h5 in frames:
-                try:
-                    ids, re_mask = read_a2d(str(h5))
-                    listed.append((fnum, h5, ids, re_mask))
-                except MaskError as exc:
-                    yield self.reject(h5, f"{exc}; restore this .h5 file (its frame is skipped)")
-            pngs: dict[tuple[int, str], bytes | MaskError] = {}
-            counter: dict[str, int] = defaultdict(int)
-            for ln, inst, expr in vrows:
-                exp_id = str(counter[inst])
-                counter[inst] += 1
-                hits = [(fnum, h5, ids, rm) for fnum, h5, ids, rm in listed if inst in ids]
-                if not hits:
-                    yield self.reject(
-                        item(ln),
-                        f"instance {inst!r} of video {vid} is listed in no annotated frame under "
-                        f"{mask_root / vid}; fix the instance id of this row",
-                    )
+            units.append(
+                IndexUnit(
+                    key=vid,
+                    split=SUBSETS[info["subset"]],
+                    weight=len(frames),
+                    payload={"label": info["label"], "rows": [list(r) for r in vrows]},
+                )
+            )
+        return head, units
+
+    def unit_records(self, unit: IndexUnit) -> Iterator[Record]:
+        """Samples of one video: reads its per-frame .h5 files (instance lists and masks)."""
+        vid = unit.key
+        ann_path = self.root / "text_annotations/a2d_annotation.txt"
+        mask_root = self.root / "text_annotations/a2d_annotation_with_instances"
+        video = self.root / "Release/clips320H" / f"{vid}.mp4"
+        listed: list[tuple[int, Path, list[str], object]] = []
+        for fnum, h5 in sorted(_h5_frames(mask_root / vid)):
+            try:
+                ids, re_mask = read_a2d(str(h5))
+                listed.append((fnum, h5, ids, re_mask))
+            except MaskError as exc:
+                yield self.reject(h5, f"{exc}; restore this .h5 file (its frame is skipped)")
+        pngs: dict[tuple[int, str], bytes | MaskError] = {}
+        counter: dict[str, int] = defaultdict(int)
+        for ln, inst, expr in unit.payload["rows"]:
+            exp_id = str(counter[inst])
+            counter[inst] += 1
+            hits = [(fnum, h5, ids, rm) for fnum, h5, ids, rm in listed if inst in ids]
+            if not hits:
+                yield self.reject(
+                    f"{ann_path}:{ln}",
+                    f"instance {inst!r} of video {vid} is listed in no annotated frame under "
+                    f"{mask_root / vid}; fix the instance id of this row",
+                )
+                continue
+            for fnum, h5, ids, re_mask in hits:
+                png = pngs.get((fnum, inst))
+                if png is None:
+                    try:  # the file is open anyway: encode the mask once, here
+                        png = encode_png(a2d_select(str(h5), ids, re_mask, inst))  # type: ignore[arg-type]
+                    except MaskError as exc:
+                        png = exc
+                    pngs[(fnum, inst)] = png
+                if isinstance(png, MaskError):
+                    yield self.reject(h5, f"{png}; fix or restore this .h5 file")
                     continue
-                for fnum, h5, ids, re_mask in hits:
-                    png = pngs.get((fnum, inst))
-                    if png is None:
-                        try:  # the file is open anyway: encode the mask once, here
-                            png = encode_png(a2d_select(str(h5), ids, re_mask, inst))  # type: ignore[arg-type]
-                        except MaskError as exc:
-                            png = exc
-                        pngs[(fnum, inst)] = png
-                    if isinstance(png, MaskError):
-                        yield self.reject(h5, f"{png}; fix or restore this .h5 file")
-                        continue
-                    yield Sample(
-                        dataset=self.dataset,
-                        split=SUBSETS[info["subset"]],
-                        video_id=vid,
-                        target_frame=fnum - 1,
-                        object_id=inst,
-                        expression=expr,
-                        expression_id=exp_id,
-                        video=VideoRef("mp4", str(video)),
-                        mask=MaskRef("a2d_h5", str(h5), object_id=inst, png=png),
-                        meta={"label": info["label"], "frame_name": h5.stem},
-                    )
+                yield Sample(
+                    dataset=self.dataset,
+                    split=unit.split,
+                    video_id=vid,
+                    target_frame=fnum - 1,
+                    object_id=inst,
+                    expression=expr,
+                    expression_id=exp_id,
+                    video=VideoRef("mp4", str(video)),
+                    mask=MaskRef("a2d_h5", str(h5), object_id=inst, png=png),
+                    meta={"label": unit.payload["label"], "frame_name": h5.stem},
+                )
+
+    def records(self) -> Iterator[Record]:
+        head, units = self.units()
+        yield from head
+        for unit in units:
+            yield from self.unit_records(unit)
 
 
 def _h5_frames(folder: Path) -> Iterator[tuple[int, Path]]:

@@ -9,12 +9,37 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from data_prep.samples import DatasetRootError, Reject, Sample
 
 Record = Sample | Reject
+
+
+@dataclass(frozen=True)
+class IndexUnit:
+    """An independent piece of a benchmark's index (e.g. one video), read inside a prep task.
+
+    ``weight`` estimates the clips it yields (shards are planned from it); ``payload`` is
+    JSON-able and, with ``key``, all :meth:`Reader.unit_records` needs.
+    """
+
+    key: str
+    split: str
+    weight: int
+    payload: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "split": self.split,
+            "weight": self.weight,
+            "payload": self.payload,
+        }
+
+
 _R = TypeVar("_R", bound=type["Reader"])
 
 _REGISTRY: dict[str, type[Reader]] = {}
@@ -89,6 +114,19 @@ class Reader(ABC):
     @abstractmethod
     def records(self) -> Iterator[Record]:
         """Yield samples and rejects in a deterministic order."""
+
+    def units(self) -> tuple[list[Reject], list[IndexUnit]] | None:
+        """Optional split of the index for distributed reading.
+
+        Returns the rejects found by a cheap driver-side pass and independent units whose
+        expensive part (:meth:`unit_records`, e.g. opening mask files) runs inside the prep
+        tasks, fused with decoding. ``None`` (default): the whole index is read in the driver.
+        ``records()`` must equal the head rejects followed by every unit's records.
+        """
+        return None
+
+    def unit_records(self, unit: IndexUnit) -> Iterator[Record]:
+        raise NotImplementedError(f"{type(self).__name__} does not split its index")
 
     def reject(self, item: str | os.PathLike[str], reason: str) -> Reject:
         return Reject(source=self.dataset, item=str(item), reason=reason)
