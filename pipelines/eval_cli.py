@@ -223,16 +223,18 @@ def run(args: argparse.Namespace) -> int:
     if args.submission:
         from pipelines.submission import SubmissionWriter
 
-        sub_dir = Path(
-            tempfile.mkdtemp(prefix="lstc-submission-", dir=Path(args.submission).resolve().parent)
-        )
+        out_dir = Path(args.submission).resolve().parent
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sub_dir = Path(tempfile.mkdtemp(prefix="lstc-submission-", dir=out_dir))
         writer = SubmissionWriter(sub_dir)
 
     def write_masks(batch: Mapping[str, Any], preds: list[Any]) -> None:
         for i, pred in enumerate(preds):
             meta = parse_meta(batch["meta"][i])
             frame = meta.get("frame_name")
-            exp_id = meta.get("exp_id", batch["expression_id"][i])
+            # Ref-YouTube-VOS expression ids are unique per video; elsewhere they are unique
+            # per object only, so the object id is prefixed to keep one folder per expression
+            exp_id = meta.get("exp_id") or f"{batch['object_id'][i]}_{batch['expression_id'][i]}"
             if frame is None:
                 raise SystemExit(
                     f"lstc eval --submission: sample {batch['key'][i]} has no frame_name meta; "

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+_LIGHT_KEYS = ("key", "meta", "video_id", "object_id", "expression_id")
+
 
 class _Scorer:
     """Ray Data actor: model loaded once, scores batches of clip rows."""
@@ -56,6 +58,7 @@ class _Scorer:
                         "key": batch["key"][i],
                         "meta": batch["meta"][i],
                         "video_id": batch["video_id"][i],
+                        "object_id": batch["object_id"][i],
                         "expression_id": batch["expression_id"][i],
                         "png": _png(p.mask),
                         "score": p.score,
@@ -112,7 +115,7 @@ def evaluate_parallel(
     """Merged ``ReferringMetrics`` of ``split``, scored by ``num_workers`` Ray actors.
 
     ``on_batch(batch, predictions)`` receives, in the driver, a light batch (``key``, ``meta``,
-    ``video_id``, ``expression_id``) and the predictions of every task (for the submission).
+    ``video_id``, ``object_id``, ``expression_id``) and the predictions of every task (for the submission).
     """
     from data_prep.shards import read_clips
     from lstc.metrics import ReferringMetrics

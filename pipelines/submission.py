@@ -76,6 +76,12 @@ class SubmissionWriter:
         png = np.where(arr > 0, 255, 0).astype(np.uint8)
         stem = frame_stem(frame)
         path = self.root / ANNOTATIONS / str(video_id) / str(exp_id) / f"{stem}.png"
+        frames = self.expected.get(str(video_id), {}).get(str(exp_id), [])
+        if stem in frames:
+            raise ValueError(
+                f"two masks for {video_id}/{exp_id}/{stem}.png: expression ids must be unique "
+                "within a video (Ref-YouTube-VOS layout)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".png.tmp")
         Image.fromarray(png, mode="L").save(tmp, format="PNG")

@@ -125,3 +125,10 @@ def test_inconsistent_sizes_within_video_rejected_without_sizes(tmp_path):
 def test_missing_annotations_folder(tmp_path):
     with pytest.raises(SubmissionError, match="Annotations is missing"):
         validate_submission(tmp_path, EXPECTED)
+
+
+def test_writer_refuses_a_second_mask_for_the_same_frame(tmp_path):
+    writer = SubmissionWriter(tmp_path)
+    writer.add("v", "0", "00001", np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match="two masks for v/0/00001.png"):
+        writer.add("v", "0", "00001.jpg", np.zeros((4, 4), bool))
