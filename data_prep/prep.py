@@ -82,7 +82,8 @@ class PrepSummary:
 
     @property
     def frames_per_s(self) -> float:
-        return self.frames_decoded / self.seconds if self.seconds > 0 else 0.0
+        """Decoded frames per second of the shard-writing job."""
+        return self.frames_decoded / self.seconds_write if self.seconds_write > 0 else 0.0
 
     def text(self) -> str:
         per_split = ", ".join(
@@ -94,9 +95,9 @@ class PrepSummary:
             f"  {self.samples} samples in {self.clips} clips ({per_split})\n"
             f"  {self.shards} shards ({self.shards_skipped} already done, skipped), {self.rejects} rejects "
             f"(see rejects.parquet)\n"
-            f"  {self.frames_decoded} frames decoded, {self.frames_stored} stored in "
-            f"{self.seconds:.1f} s = {self.frames_per_s:.0f} frames/s "
-            f"(index {self.seconds_index:.1f} s, shard writing {self.seconds_write:.1f} s)"
+            f"  {self.frames_decoded} frames decoded, {self.frames_stored} stored; shard writing "
+            f"{self.seconds_write:.1f} s = {self.frames_per_s:.0f} frames/s; total {self.seconds:.1f} s "
+            f"(index {self.seconds_index:.1f} s)"
         )
 
 
