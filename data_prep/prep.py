@@ -167,7 +167,9 @@ def source_fingerprint(
     payload = json.dumps(
         [dataset, rejects, [r["source_digest"] for r in records]], ensure_ascii=False
     )
-    return hashlib.sha256(payload.replace(root, "<root>").encode()).hexdigest()
+    if root:
+        payload = payload.replace(root, "<root>")
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:

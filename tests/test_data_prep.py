@@ -199,3 +199,24 @@ def test_cli_wrong_root_and_synth(tmp_path: Path, capsys):
     assert cli_main(["synth", "--out", str(tmp_path / "rs"), "--scale", "tiny", "--seed", "5"]) == 0
     meta = json.loads((tmp_path / "rs" / "refer_shapes.json").read_text())
     assert meta["config"]["seed"] == 5 and len(meta["videos"]) == 8
+
+
+def test_changed_source_file_redoes_only_its_shard(ray_local, tmp_path: Path):
+    import h5py
+
+    generate(tmp_path / "src", config_for("tiny", seed=4))
+    out = tmp_path / "out"
+    first = prep(tmp_path / "src", out, "refer_shapes", clips_per_shard=3)
+    before = tree(out)
+    h5 = sorted((tmp_path / "src").glob("text_annotations/a2d_annotation_with_instances/*/*.h5"))[0]
+    with h5py.File(h5, "a") as f:  # same masks, different file: the shard must be checked again
+        f.create_dataset("note", data=np.arange(100))
+    again = prep(tmp_path / "src", out, "refer_shapes", clips_per_shard=3)
+    assert again.shards_skipped == first.shards - 1
+    after = tree(out)
+    parts = [k for k in before if k.endswith(".parquet")]
+    assert {k: after[k] for k in parts} == {k: before[k] for k in parts}
+    assert (
+        load_manifest(out)["source_fingerprint"]
+        == json.loads((out / "manifest.json").read_text())["source_fingerprint"]
+    )

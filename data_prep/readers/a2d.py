@@ -128,7 +128,12 @@ class A2DReader(Reader):
                     key=vid,
                     split=SUBSETS[info["subset"]],
                     weight=len(frames),
-                    payload={"label": info["label"], "rows": [list(r) for r in vrows]},
+                    payload={
+                        "label": info["label"],
+                        "rows": [list(r) for r in vrows],
+                        # sizes make the unit (hence the shard plan) change when its files do
+                        "sizes": [video.stat().st_size] + [h5.stat().st_size for _, h5 in frames],
+                    },
                 )
             )
         return head, units
