@@ -215,8 +215,4 @@ def test_changed_source_file_redoes_only_its_shard(ray_local, tmp_path: Path):
     assert again.shards_skipped == first.shards - 1
     after = tree(out)
     parts = [k for k in before if k.endswith(".parquet")]
-    assert {k: after[k] for k in parts} == {k: before[k] for k in parts}
-    assert (
-        load_manifest(out)["source_fingerprint"]
-        == json.loads((out / "manifest.json").read_text())["source_fingerprint"]
-    )
+    assert {k: after[k] for k in parts} == {k: before[k] for k in parts}  # same masks, same bytes
