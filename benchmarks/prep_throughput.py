@@ -1,11 +1,14 @@
 """Throughput of `lstc prep` on refer-shapes, next to a decode-only bound, and shard reads.
 
 1. **prep vs decode-only bound.** The same Ray instance (``--num-cpus`` CPUs) runs, on the
-   same shard plans: (a) a decode-only Ray Data job — decord decodes exactly the frames
-   prep decodes (the union of clip frames per video in each shard) and nothing else; and
-   (b) the full ``run_prep`` (index, decode, resize, JPEG, masks, Parquet, manifest).
-   Figure: decoded frames per second of each; target prep >= 0.7x the bound. The bound is
-   the best of two decode-only runs (one before, one after prep).
+   same shards: (a) a decode-only Ray Data job — decord decodes exactly the frames prep
+   decodes (per shard, the union of clip frames of each video) and nothing else; and (b) the
+   full ``run_prep`` (index, .h5 masks, decode, resize, JPEG, PNG, Parquet, manifest). The two
+   jobs alternate ``--repeats`` times (best kept) because the machine's load changes. Figures:
+   decoded frames per wall second, and per CPU second summed over the tasks (robust to other
+   processes sharing the cores). Target: prep >= 0.7x the bound. Two clip configurations:
+   ``demo`` (what ``lstc demo`` prepares: 4 frames, 64x64) and ``paper-like`` (8 frames at
+   stride 2, 160x120 -> 160x160, the A2D 320x240 -> 320x320 ratio).
 2. **reading a training clip from shards vs decoding it from the source video**, one
    process: shards = read the row + decode T JPEGs + decode the masks; source = open the
    mp4 with decord, decode the T frames, resize them, read the masks from the .h5 files.
