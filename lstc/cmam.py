@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstc.layers import coords_like, group_norm, inv_sqrt, masked_softmax, zero_init
+from lstc.layers import coords_like, group_norm, masked_softmax, zero_init
 
 
 class CMAM(nn.Module):
@@ -59,16 +59,16 @@ class CMAM(nn.Module):
 
     def forward(
         self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the modulated features (same shape as `v`) and the sentence vector ``[B, D]``."""
-        b, c = v.shape[:2]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the modulated features, the sentence vector ``l [B, D]`` and the context
+        features ``V'`` (both feature maps shaped like `v`)."""
         x = torch.cat([v, coords_like(v)], dim=1).flatten(2)
         context = self.context(x)  # [B, C, N]
         alpha = self.word_weights(context, words, mask)
         sentence = torch.einsum("bl,bld->bd", alpha, words)
         gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
         out = v.flatten(2) + context * gate.unsqueeze(-1)
-        return out.view_as(v), sentence
+        return out.view_as(v), sentence, context.view_as(v)
 
 
 class LanguageUpdate(nn.Module):
@@ -76,15 +76,17 @@ class LanguageUpdate(nn.Module):
 
     The abstract says the language features are updated progressively, stage by stage and
     separately for the spatial and temporal streams, to enrich linguistic global context. We
-    let every word gather visual context of its stream by cross-attention and add it through
-    a gated, zero-initialised residual:
+    let every word gather visual context of its stream by cross-attention over the stage's
+    CMAM context features ``V'`` (which already carry coords8) and add it through a
+    zero-initialised residual:
 
-    * ``U = AvgPool_{<= P x P}(V)`` with coords8 appended, ``U_n in R^{C+8}`` (pooled positions)
+    * ``U = AvgPool_{<= P x P per frame}(V')``, positions ``n = 1..N'``
     * ``q_i = W_q LN(w_i)``, ``k_n = W_k U_n``, ``v_n = W_v U_n``           (h heads)
     * ``c_i = sum_n softmax_n(q_i . k_n / sqrt(d_h)) v_n``
-    * ``w_i <- w_i + sigmoid(W_g [w_i ; c_i]) * W_o c_i``   with ``W_o = 0`` at init (identity)
-    * padding words are left untouched (and stay masked everywhere downstream).
+    * ``w_i <- w_i + W_o c_i``   with ``W_o = 0`` at init (identity at the start)
 
+    Padding words are updated too but are masked everywhere downstream (CMAM's softmax, the
+    decoder's sentence mean) and never act as keys, so they cannot influence real words.
     The refined words feed the next stage's CMAM of the same stream, and the last ones the
     decoder. Pooling to at most ``P x P`` positions per frame keeps the cost small at
     shallow, high-resolution stages.
@@ -96,8 +98,7 @@ class LanguageUpdate(nn.Module):
         self.pool = pool
         self.norm = nn.LayerNorm(lang_dim)
         self.q = nn.Linear(lang_dim, lang_dim)
-        self.kv = nn.Conv1d(channels + 8, 2 * lang_dim, 1)
-        self.gate = nn.Linear(2 * lang_dim, lang_dim)
+        self.kv = nn.Conv1d(channels, 2 * lang_dim, 1)
         self.out = zero_init(nn.Linear(lang_dim, lang_dim))
 
     def _pool(self, v: torch.Tensor) -> torch.Tensor:
@@ -109,17 +110,14 @@ class LanguageUpdate(nn.Module):
             return F.adaptive_avg_pool3d(v, (v.shape[2], *size))
         return F.adaptive_avg_pool2d(v, size)
 
-    def forward(self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        u = self._pool(v)
-        u = torch.cat([u, coords_like(u)], dim=1).flatten(2)  # [B, C+8, N]
-        k, val = self.kv(u).chunk(2, dim=1)  # [B, D, N] each
+    def forward(
+        self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`context`: CMAM's ``V'`` ``[B, C, *S]``; returns the refined words ``[B, L, D]``."""
+        u = self._pool(context).flatten(2)  # [B, C, N']
         b, length, d = words.shape
         dh = d // self.heads
+        kv = self.kv(u).view(b, 2, self.heads, dh, -1).transpose(-1, -2)  # [B, 2, h, N', dh]
         q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
-        k = k.view(b, self.heads, dh, -1)
-        val = val.view(b, self.heads, dh, -1)
-        attn = torch.softmax(torch.matmul(q, k) * inv_sqrt(dh), dim=-1)  # [B, h, L, N]
-        ctx = torch.matmul(attn, val.transpose(2, 3)).transpose(1, 2).reshape(b, length, d)
-        gate = torch.sigmoid(self.gate(torch.cat([words, ctx], dim=-1)))
-        updated = words + gate * self.out(ctx)
-        return torch.where(mask.unsqueeze(-1), updated, words)
+        ctx = F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1])  # [B, h, L, dh]
+        return words + self.out(ctx.transpose(1, 2).reshape(b, length, d))

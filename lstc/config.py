@@ -243,8 +243,9 @@ class LossConfig:
     """Deep-supervision loss: ``sum_l w_l * (bce_weight * BCE_l + dice_weight * Dice_l)``.
 
     `level_weights` are for ``out.aux_logits`` (deepest first, one per level); the full
-    resolution `out.logits` gets `main_weight`. Too few level weights is an error; an empty
-    tuple turns deep supervision off.
+    resolution `out.logits` gets `main_weight`, each LASP foreground estimate
+    (`out.lasp_logits`) `lasp_weight`. Too few level weights is an error; an empty tuple turns
+    deep supervision off.
     """
 
     pos_weight: float = 1.5
@@ -252,10 +253,12 @@ class LossConfig:
     dice_weight: float = 1.0
     main_weight: float = 1.0
     level_weights: tuple[float, ...] = (0.1, 0.1, 0.2, 0.3, 0.5)
+    lasp_weight: float = 0.0  # per LASP foreground estimate (out.lasp_logits); 0 = unsupervised
     dice_smooth: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("pos_weight", "bce_weight", "dice_weight", "main_weight", "dice_smooth"):
+        names = ("pos_weight", "bce_weight", "dice_weight", "main_weight", "lasp_weight")
+        for name in (*names, "dice_smooth"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
         if any(w < 0 for w in self.level_weights):

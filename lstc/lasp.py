@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstc.layers import inv_sqrt, zero_init
+from lstc.layers import zero_init
 
 
 class LASP(nn.Module):
@@ -36,7 +36,9 @@ class LASP(nn.Module):
     Pixels that resemble the sampled language-compatible prototypes are amplified and receive
     deep semantics; pixels closer to the background prototype are damped. The cost is linear
     in the number of pixels (K+1 prototypes). Returns ``X'`` and the foreground logits
-    ``phi`` (exposed for inspection).
+    ``phi``; the model exposes them as ``out.lasp_logits``; the loss can supervise them with
+    the referred mask (``LossConfig.lasp_weight``, off by default: then phi is learned end to
+    end through the sampling weights).
     """
 
     def __init__(
@@ -45,47 +47,36 @@ class LASP(nn.Module):
         super().__init__()
         self.k = prototypes
         self.dim = dim
-        self.fg_vis = nn.Conv2d(deep_ch, dim, 1)
-        self.fg_lang = nn.Linear(lang_dim, dim)
-        self.fg_out = nn.Conv2d(dim, 1, 1)
-        self.queries = nn.Linear(lang_dim, prototypes * dim)
-        self.key = nn.Conv2d(deep_ch, dim, 1)
-        self.value = nn.Conv2d(deep_ch, dim, 1)
+        # one 1x1 conv gives W_a D, W_k D, W_v D; one linear gives W_s s and the K queries
+        self.deep_proj = nn.Conv2d(deep_ch, 3 * dim, 1)
+        self.lang_proj = nn.Linear(lang_dim, (1 + prototypes) * dim)
+        self.fg_out = nn.Linear(dim, 1)
         self.pixel = nn.Conv2d(shallow_ch, dim, 1)
         self.out = zero_init(nn.Conv2d(dim, shallow_ch, 1))
         self.beta = nn.Parameter(torch.zeros(shallow_ch))
 
-    def foreground(self, deep: torch.Tensor, sentence: torch.Tensor) -> torch.Tensor:
-        """``phi [B, 1, h, w]``: language-aware foreground logits of the deep stage."""
-        vis = F.normalize(self.fg_vis(deep), dim=1)
-        lang = torch.tanh(self.fg_lang(sentence))[:, :, None, None]
-        return self.fg_out(vis * lang)
-
-    def sample(self, deep: torch.Tensor, sentence: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """Prototypes ``[B, K+1, d]``; index 0 is the background prototype."""
-        b = deep.shape[0]
-        keys = self.key(deep).flatten(2)  # [B, d, hw]
-        values = self.value(deep).flatten(2).transpose(1, 2)  # [B, hw, d]
-        phi = phi.flatten(2)  # [B, 1, hw]
-        q = self.queries(sentence).view(b, self.k, self.dim)
-        fg_logits = torch.bmm(q, keys) * inv_sqrt(self.dim) + F.logsigmoid(phi)
-        bg_logits = F.logsigmoid(-phi)
-        weights = torch.softmax(torch.cat([bg_logits, fg_logits], dim=1), dim=-1)
-        return torch.bmm(weights, values)
-
-    def assign(self, shallow: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = shallow.shape
-        px = self.pixel(shallow).flatten(2)  # [B, d, HW]
-        aff = torch.softmax(torch.bmm(protos, px) * inv_sqrt(self.dim), dim=1)  # [B, K+1, HW]
-        fg_aff = aff[:, 1:]
-        share = fg_aff.sum(1, keepdim=True).view(b, 1, h, w)
-        z = torch.bmm(protos[:, 1:].transpose(1, 2), fg_aff).view(b, self.dim, h, w)
-        scale = 1 + self.beta.view(1, -1, 1, 1) * (2 * share - 1)
-        return shallow * scale + self.out(z)
-
     def forward(
         self, deep: torch.Tensor, shallow: torch.Tensor, sentence: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        phi = self.foreground(deep, sentence)
-        protos = self.sample(deep, sentence, phi)
-        return self.assign(shallow, protos), phi
+        b, d, k = deep.shape[0], self.dim, self.k
+        h, w = deep.shape[-2:]
+        vis, keys, values = self.deep_proj(deep).flatten(2).transpose(1, 2).split(d, dim=-1)
+        lang, queries = self.lang_proj(sentence).split([d, k * d], dim=-1)
+        # 1. language-aware foreground estimate phi(p)  [B, hw, 1]
+        phi = self.fg_out(F.normalize(vis, dim=-1) * torch.tanh(lang).unsqueeze(1))
+        # 2. sampling, one fused attention: the background row has a zero query, so its
+        #    weights are softmax_p(log(1 - m)); the K foreground rows add log m(p)
+        phi_t = phi.transpose(1, 2)  # [B, 1, hw]
+        bias = torch.cat([F.logsigmoid(-phi_t), F.logsigmoid(phi_t).expand(-1, k, -1)], dim=1)
+        q = F.pad(queries.view(b, k, d), (0, 0, 1, 0))  # [B, K+1, d], row 0 = 0
+        protos = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
+        # 3. assignment, one fused attention over the K+1 prototypes per pixel whose values
+        #    are [P_j ; 1] (foreground) and [0 ; 0] (background): output [Z_q ; f(q)]
+        px = self.pixel(shallow).flatten(2).transpose(1, 2)  # [B, HW, d]
+        vals = F.pad(F.pad(protos[:, 1:], (0, 1), value=1.0), (0, 0, 1, 0))
+        out = F.scaled_dot_product_attention(px, protos, vals).transpose(1, 2)
+        out = out.reshape(b, d + 1, *shallow.shape[-2:])
+        z, share = out[:, :d], out[:, d:]
+        # 4. enhancement / suppression
+        scale = 1 + self.beta.view(1, -1, 1, 1) * (2 * share - 1)
+        return shallow * scale + self.out(z), phi.transpose(1, 2).reshape(b, 1, h, w)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -73,10 +74,20 @@ def coords8(height: int, width: int, *, device=None, dtype=None) -> torch.Tensor
     return out.to(dtype) if dtype is not None else out
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_coords8(
+    height: int, width: int, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    return coords8(height, width, device=device, dtype=dtype)
+
+
 def coords_like(x: torch.Tensor) -> torch.Tensor:
     """coords8 broadcast to a feature map ``[B, C, *S]`` (last two dims are H, W): ``[B, 8, *S]``."""
     h, w = x.shape[-2:]
-    c = coords8(h, w, device=x.device, dtype=x.dtype)
+    if torch.compiler.is_compiling():
+        c = coords8(h, w, device=x.device, dtype=x.dtype)
+    else:  # constant per (size, device, dtype): build it once
+        c = _cached_coords8(h, w, x.device, x.dtype)
     shape = (x.shape[0], 8, *x.shape[2:])
     view = (1, 8) + (1,) * (x.dim() - 4) + (h, w)
     return c.view(view).expand(shape)

@@ -1,11 +1,17 @@
 """Deep-supervision segmentation loss: BCE (with pos_weight) + Dice at every level.
 
-``L = w_0 (a BCE(y_0, t) + b Dice(y_0, t)) + sum_l w_l (a BCE(y_l, t_l) + b Dice(y_l, t_l))``
+``L = w_0 (a BCE(y_0, t) + b Dice(y_0, t)) + sum_l w_l (a BCE(y_l, t_l) + b Dice(y_l, t_l))
+      + w_f sum_j (a BCE(phi_j, t_j) + b Dice(phi_j, t_j))``
 
 with ``y_0`` the full-resolution logits, ``y_l`` the auxiliary logits (deepest first),
 ``t_l`` the target area-averaged to level l's size (soft targets at coarse levels),
 ``BCE`` with ``pos_weight`` (1.5 in CSTM's release options) and the soft Dice
 ``1 - (2 sum p t + e) / (sum p + sum t + e)`` per sample, averaged over the batch.
+``phi_j`` are LASP's language-aware foreground estimates (``out.lasp_logits``, present when
+LASP is on); supervising them with the referred mask (weight ``w_f = lasp_weight``) is an
+option of ours, off by default: in our overfit checks (32 px clips, where the deepest maps are
+1x1 and 2x2) it slowed the learning of the language-dependent solution, so by default LASP's
+foreground estimate is learned end to end through the sampling only.
 """
 
 from __future__ import annotations
@@ -50,13 +56,16 @@ class SegmentationLoss(nn.Module):
         aux = list(getattr(out, "aux_logits", None) or [])
         weights = self.cfg.level_weights
         if not weights:
-            return levels
-        if len(weights) < len(aux):
+            aux = []
+        if aux and len(weights) < len(aux):
             raise ValueError(
                 f"LossConfig.level_weights has {len(weights)} weights but the model gives "
                 f"{len(aux)} auxiliary outputs"
             )
-        return levels + list(zip(weights, aux))
+        levels += list(zip(weights, aux))
+        if self.cfg.lasp_weight > 0:
+            levels += [(self.cfg.lasp_weight, phi) for phi in getattr(out, "lasp_logits", [])]
+        return levels
 
     def forward(
         self, out: Any, target: torch.Tensor

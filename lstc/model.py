@@ -6,7 +6,8 @@ Data flow for a clip ``X [B, 3, T, H, W]`` in [0, 1] and an expression (input id
 * spatial stream on the target frame ``X[:, :, target_index]``, temporal stream on the clip;
   per stream, for stages k = 1..5:
   ``V_k = Stage_k(V_{k-1})``; ``V_k <- CMAM_k(V_k, W_k)`` (cmam != none);
-  ``W_{k+1} = Update_k(V_k, W_k)`` (cmam_plus; otherwise ``W_{k+1} = W_k``)
+  ``W_{k+1} = Update_k(V'_k, W_k)`` with CMAM's context ``V'_k`` (cmam_plus; otherwise
+  ``W_{k+1} = W_k``)
 * the temporal stage outputs are cut to their target-aligned time slice
 * decoder language: ``W_dec`` = mean of the streams' last words; sentence
   ``s = masked_mean(W_dec)``
@@ -69,9 +70,9 @@ class VisualStream(nn.Module):
         for k in range(NUM_STAGES):
             x = self.encoder.stages[k](x)
             if self.cmams is not None:
-                x, _ = self.cmams[k](x, words, mask)
-            if self.updates is not None:
-                words = self.updates[k](x, words, mask)
+                x, _, context = self.cmams[k](x, words, mask)
+                if self.updates is not None:
+                    words = self.updates[k](context, words, mask)
             feats.append(x)
         return feats, words
 

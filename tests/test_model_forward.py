@@ -133,10 +133,10 @@ def test_cmam_modules_start_as_identity():
     words = torch.randn(2, 5, 16)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     for v in (torch.randn(2, 12, 8, 8), torch.randn(2, 12, 3, 8, 8)):
-        out, sentence = CMAM(channels=12, lang_dim=16)(v, words, mask)
+        out, sentence, context = CMAM(channels=12, lang_dim=16)(v, words, mask)
         torch.testing.assert_close(out, v)
-        assert sentence.shape == (2, 16)
-        upd = LanguageUpdate(channels=12, lang_dim=16, heads=2, pool=4)(v, words, mask)
+        assert sentence.shape == (2, 16) and context.shape == v.shape
+        upd = LanguageUpdate(channels=12, lang_dim=16, heads=2, pool=4)(context, words, mask)
         torch.testing.assert_close(upd, words)
     deep, shallow = torch.randn(2, 8, 4, 4), torch.randn(2, 6, 8, 8)
     out, phi = LASP(deep_ch=8, shallow_ch=6, lang_dim=16, dim=8, prototypes=3)(
@@ -226,3 +226,14 @@ def test_loss_levels_and_perfect_prediction():
         SegmentationLoss(LossConfig(level_weights=(1.0, 1.0)))(perfect, target)
     only_main, _ = SegmentationLoss(LossConfig(level_weights=()))(wrong, target)
     assert only_main < bad
+
+
+def test_lasp_foreground_supervision_is_optional():
+    target = torch.zeros(1, 1, 32, 32)
+    target[:, :, :16] = 1
+    out = LSTCOutput(
+        logits=torch.zeros(1, 1, 32, 32), aux_logits=[], lasp_logits=[torch.zeros(1, 1, 4, 4)]
+    )
+    plain, _ = SegmentationLoss(LossConfig(level_weights=()))(out, target)
+    supervised, _ = SegmentationLoss(LossConfig(level_weights=(), lasp_weight=0.5))(out, target)
+    assert supervised > plain

@@ -21,10 +21,10 @@ EVAL_EVERY = 10
 VARIANTS = {
     "full": {},
     "cmam_none": {"cmam": "none"},
-    "cmam_only": {"cmam": "cmam"},
     "lasp_off": {"lasp": "off"},
     "spatial_only": {"streams": "spatial"},
     "temporal_only": {"streams": "temporal"},
+    # also the cmam="cmam" switch value
     "cstm_baseline": {"cmam": "cmam", "lasp": "off", "fusion": "concat"},
 }
 
