@@ -69,6 +69,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"lstc demo: {exc}", file=sys.stderr)
         return 2
     model_cfg = recipe.model
+    # One Ray instance for every step, sized so that Ray Data can still read while the
+    # training workers hold their CPUs (a 2-core laptop would otherwise starve the reader).
+    from pipelines.train import init_ray
+
+    tr = recipe.train
+    init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
     timings: dict[str, float] = {}
 
     t0 = _step(f"1/4 synthetic benchmark ({args.scale}) -> {raw}")
