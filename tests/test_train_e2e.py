@@ -1,0 +1,252 @@
+"""End-to-end training on the tiny synthetic shards with Ray Train (2 CPU workers, 2 epochs).
+
+One trained run (``trained``) is shared: the end-to-end checks read it, and the fault-injection
+and driver-restart runs compare their final weights with it. All runs use the session's single
+Ray instance (``ray_local``) and a SQLite MLflow store in a temp folder.
+
+Fault test equality: the **final weights are bit-identical** to the uninterrupted run (and so
+are the epoch-2 validation metrics). That holds because every source of randomness is a
+function of (seed, epoch, rank or sample key) rather than of process history: python/numpy/torch
+are reseeded at each epoch start, augmentation draws come from (seed, epoch, sample key), the
+local shuffle seed from (seed, epoch), Ray Data runs with ``preserve_order`` so the split of
+samples over workers and their order are the same in every execution, and the checkpoint holds
+the exact model/optimizer/scheduler state. Loss sequences alone would be a weaker check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "refer_shapes_tiny.yaml"
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def train_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("train")
+    assert "MLFLOW_TRACKING_URI" not in os.environ, "tests must not inherit a tracking server"
+    return {"base": base, "uri": f"sqlite:///{base / 'mlflow.db'}", "storage": base / "runs"}
+
+
+def overrides(shards: Path, env: dict, name: str, *extra: str) -> list[str]:
+    return [
+        f"data.root={shards}",
+        f"train.epochs={EPOCHS}",
+        f"train.storage_path={env['storage']}",
+        f"train.run_name={name}",
+        f"tracking.uri={env['uri']}",
+        "registry.model_name=lstc-e2e-tiny",
+        *extra,
+    ]
+
+
+def tiny_recipe(shards: Path, env: dict, name: str, *extra: str):
+    from pipelines.config import load_recipe
+
+    return load_recipe(TINY, overrides(shards, env, name, *extra))
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, tiny_shards, train_env):
+    from pipelines.train import train
+
+    recipe = tiny_recipe(tiny_shards, train_env, "e2e")
+    return recipe, train(recipe)
+
+
+def client(env):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=env["uri"])
+
+
+def val_metrics_of(recipe, model, split="test"):
+    from data_prep.shards import iter_clip_rows
+    from pipelines.data import decode_val_rows, eval_batches
+    from pipelines.inference import evaluate
+
+    rows = iter_clip_rows(recipe.data.root, split)
+    return evaluate(model, eval_batches(decode_val_rows(rows), recipe)).compute()
+
+
+def epoch_starts(run_dir: Path) -> list[int]:
+    from pipelines.train_loop import read_events
+
+    return [e["epoch"] for e in read_events(run_dir) if e["event"] == "epoch_start"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    from pipelines.checkpoint import load_model_state
+
+    sa, sb = load_model_state(a), load_model_state(b)
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if not (sa[k] == sb[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_run_finishes_with_best_and_last_checkpoints(trained):
+    from pipelines.checkpoint import is_checkpoint, load_metrics
+
+    recipe, result = trained
+    assert is_checkpoint(result.best_checkpoint) and is_checkpoint(result.last_checkpoint)
+    assert load_metrics(result.last_checkpoint)["epoch"] == EPOCHS
+    assert epoch_starts(result.run_dir) == [1, 2]
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["mlflow_run_id"] == result.mlflow_run_id
+    # every validation sample counted exactly once across the 2 workers (no padding, no drops)
+    assert result.last_metrics["val/num_samples"] == 18
+
+
+def test_metrics_improve_over_untrained_model(trained):
+    from lstc.model import build_model
+    from pipelines.train_loop import seed_everything
+
+    recipe, result = trained
+    seed_everything(recipe.train.seed)
+    untrained = val_metrics_of(recipe, build_model(recipe.model))
+    best = result.best_metrics
+    assert best["val/mean_iou"] > untrained["mean_iou"] + 0.05, (best, untrained)
+    assert best["val/overall_iou"] > untrained["overall_iou"] + 0.05, (best, untrained)
+
+
+def test_mlflow_holds_params_metrics_artifacts_tags(trained, train_env):
+    recipe, result = trained
+    c = client(train_env)
+    run = c.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["optim.lr"] == str(recipe.optim.lr)
+    assert params["train.num_workers"] == "2" and params["model.lasp"] == "on"
+    tags = run.data.tags
+    assert tags["lstc.num_workers"] == "2"
+    assert json.loads(tags["ray.cluster_resources"])["CPU"] >= 2
+    assert tags["dataset.manifest_hash"] not in ("", "none")
+    assert "git.commit" in tags
+    hist = c.get_metric_history(result.mlflow_run_id, "val/mean_iou")
+    assert sorted(m.step for m in hist) == [1, 2]
+    assert len(c.get_metric_history(result.mlflow_run_id, "train/loss")) >= 2
+    assert len(c.get_metric_history(result.mlflow_run_id, "train/lr")) >= 2
+    names = {a.path for a in c.list_artifacts(result.mlflow_run_id, "overlays")}
+    assert {"overlays/epoch_001.png", "overlays/epoch_002.png"} <= names
+    assert [a.path for a in c.list_artifacts(result.mlflow_run_id, "curves")]
+    assert [a.path for a in c.list_artifacts(result.mlflow_run_id, "config")]
+
+
+def test_best_checkpoint_registered_as_champion(trained, train_env):
+    recipe, result = trained
+    assert result.registered == ("1", "champion")
+    mv = client(train_env).get_model_version_by_alias(recipe.registry.model_name, "champion")
+    assert str(mv.version) == "1" and mv.run_id == result.mlflow_run_id
+
+
+def test_lstc_eval_reproduces_logged_validation_metrics(trained, train_env, tmp_path):
+    from pipelines.cli import main
+    from pipelines.tracking import metric_key
+
+    recipe, result = trained
+    out = tmp_path / "eval.json"
+    rc = main(
+        [
+            "eval",
+            "--model",
+            f"models:/{recipe.registry.model_name}@champion",
+            "--data",
+            str(recipe.data.root),
+            "--tracking-uri",
+            train_env["uri"],
+            "--output",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    evaluated = json.loads(out.read_text())
+    best = result.best_metrics
+    for name in ("overall_iou", "mean_iou", "P@0.5", "mAP@0.5:0.95", "J&F", "num_samples"):
+        assert evaluated[name] == pytest.approx(best[f"val/{metric_key(name)}"], abs=1e-6), name
+
+
+# -------------------------------------------------------------------------- fault injection
+
+
+def test_worker_failure_resumes_from_checkpoint_and_matches(trained, tiny_shards, train_env):
+    from pipelines.train import train
+    from pipelines.train_loop import FAULT_MARKER
+
+    _, reference = trained
+    recipe = tiny_recipe(tiny_shards, train_env, "fault", "train.fail_at_epoch=2")
+    result = train(recipe, register=False)
+    assert (result.run_dir / FAULT_MARKER).is_file(), "the fault was not injected"
+    # epoch 1 ran once; epoch 2 started, failed on rank 1, and was redone from checkpoint 1
+    assert epoch_starts(result.run_dir) == [1, 2, 2]
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
+    for k, v in reference.last_metrics.items():
+        if k.startswith("val/") and k != "val/time_s":
+            assert result.last_metrics[k] == pytest.approx(v, abs=0, nan_ok=True), k
+
+
+# --------------------------------------------------------------------------- driver restart
+
+
+def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if snapshot.is_file() and "checkpoint_epoch_0001" in snapshot.read_text():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"driver exited early ({proc.returncode}):\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+    pytest.fail(f"no epoch-1 checkpoint after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def test_killed_driver_resumes_same_run(trained, ray_local, tiny_shards, train_env):
+    from pipelines.train import RUN_ID_FILE, run_dir_of, train
+    from pipelines.train_loop import read_events
+
+    _, reference = trained
+    name = "restart"
+    recipe = tiny_recipe(tiny_shards, train_env, name)
+    run_dir = run_dir_of(recipe)
+    log = train_env["base"] / "restart-driver.log"
+    env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(TINY), "--no-register"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            cmd + overrides(tiny_shards, train_env, name),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=train_env["base"],
+        )
+    try:
+        _wait_for_checkpoint(run_dir, proc, log, timeout=300)
+        first_run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+
+    # the same command again (here in-process, on the same cluster): resumes, same MLflow run
+    result = train(recipe, register=False)
+    assert result.mlflow_run_id == first_run_id
+    drivers = [e for e in read_events(run_dir) if e["event"] == "driver_start"]
+    assert [d["resumed"] for d in drivers] == [False, True]
+    starts = epoch_starts(run_dir)
+    assert starts.count(1) == 1 and starts[-1] == 2, starts  # epoch 1 never redone
+    hist = client(train_env).get_metric_history(first_run_id, "val/mean_iou")
+    assert sorted({m.step for m in hist}) == [1, 2]
+    assert client(train_env).get_run(first_run_id).info.status == "FINISHED"
+    assert_same_weights(result.last_checkpoint, reference.last_checkpoint)
