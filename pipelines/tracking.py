@@ -11,8 +11,9 @@ Where runs go:
   a race with another creator is tolerated).
 
 Failure policy: tracking never kills training. Every call is wrapped; the first failure emits
-ONE ``RuntimeWarning``; after a failure the tracker skips calls for ``cooldown_s`` seconds (so a
-dead server costs one short timeout per cooldown, not per step), then tries again. Metrics
+ONE ``RuntimeWarning``; after a failure the tracker skips calls for a cooldown (``cooldown_s``,
+doubled after every further consecutive failure up to ``MAX_COOLDOWN_S``), so a dead or hung
+server costs one short timeout per cooldown, not per step; then it tries again. Metrics
 logged while tracking is unavailable are buffered (bounded) and replayed on recovery; params,
 tags and artifacts of that window are dropped. HTTP timeouts/retries are shortened through
 MLflow's own environment variables (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
@@ -54,6 +55,7 @@ HTTP_DEFAULTS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
 
+MAX_COOLDOWN_S = 600.0
 _MAX_BATCH = 100  # MLflow limit on params/tags per log_batch call
 _MAX_METRICS_BATCH = 1000
 _MAX_PARAM_LEN = 6000
@@ -228,6 +230,7 @@ class Tracker:
         self._retry_at = 0.0
         self._warned = False
         self._failing = False
+        self._consecutive = 0
         self._ended = False
         self._lock = threading.RLock()
         self._pending: collections.deque = collections.deque(maxlen=_MAX_PENDING_METRICS)
@@ -356,6 +359,7 @@ class Tracker:
                 else:
                     self._on_failure(what, exc)
                 return None
+            self._consecutive = 0
             if self._failing:
                 _log.warning(
                     "MLflow tracking recovered (%s); %d calls were dropped", what, self.dropped
@@ -368,11 +372,16 @@ class Tracker:
         self.failures += 1
         self.dropped += 1
         self._failing = True
-        self._retry_at = time.monotonic() + self.cooldown_s
+        self._consecutive += 1
+        wait = min(
+            self.cooldown_s * 2 ** (self._consecutive - 1), max(MAX_COOLDOWN_S, self.cooldown_s)
+        )
+        self._retry_at = time.monotonic() + wait
         msg = (
             f"MLflow tracking failed during '{what}' ({type(exc).__name__}: {exc}); "
             f"tracking URI {self.tracking_uri}. Training goes on: tracking calls are skipped "
-            f"for {self.cooldown_s:.0f} s at a time and metrics are buffered until it recovers."
+            f"for {self.cooldown_s:g} s (doubling while it stays down) and metrics are buffered "
+            "until it recovers."
         )
         self._warn(msg)
 
