@@ -237,3 +237,50 @@ def test_parallel_eval_equals_in_process(trained_checkpoint, tiny_shards, ray_lo
     assert a["num_samples"] == b["num_samples"] > 6
     for k in a:
         assert a[k] == pytest.approx(b[k], abs=1e-9), k
+
+
+def test_ytvos_valid_submission_layout(trained_checkpoint, ray_local, tmp_path):
+    """Ref-YouTube-VOS valid (no ground truth): every listed frame of every expression of the
+    valid videos (valid - test) is written at the original size, validated against the
+    official meta_expressions.json, and zipped."""
+    from data_fakes import H, W, make_ytvos
+    from PIL import Image
+
+    from data_prep.prep import PrepConfig, run_prep
+    from data_prep.shard_writer import ClipSpec
+
+    ckpt, recipe, model, root, th = trained_checkpoint
+    make_ytvos(tmp_path / "ytvos")
+    shards = tmp_path / "shards"
+    run_prep(
+        PrepConfig(
+            dataset="ytvos",
+            root=str(tmp_path / "ytvos"),
+            out=str(shards),
+            clip=ClipSpec(num_frames=4, stride=1, height=64, width=64),
+            splits=("valid",),
+            progress=False,
+        )
+    )
+    sub = tmp_path / "submission.zip"
+    meta = tmp_path / "ytvos" / "meta_expressions" / "valid" / "meta_expressions.json"
+    rc = lstc_main(
+        ["eval", "--model", str(ckpt), "--data", str(shards), "--split", "valid"]
+        + ["--submission", str(sub), "--meta-expressions", str(meta), "--no-tracking"]
+    )
+    assert rc == 0
+    with zipfile.ZipFile(sub) as zf:
+        names = sorted(zf.namelist())
+        png = zf.read("Annotations/vC/1/00005.png")
+    assert names == [
+        "Annotations/vC/0/00000.png",
+        "Annotations/vC/0/00005.png",
+        "Annotations/vC/1/00000.png",
+        "Annotations/vC/1/00005.png",
+        "Annotations/vD/0/00000.png",
+    ]  # vT is a test video: not in valid
+    import io
+
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.mode == "L" and im.size == (W, H)
+        assert set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
