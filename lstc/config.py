@@ -50,6 +50,11 @@ def _coerce(name: str, value: Any, template: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{name}={value!r} must be a number")
         return float(value)
+    if name.endswith("_weights") and value is None:  # weight specs: None = random init
+        return value
+    if isinstance(template, str) or name.endswith("_weights"):
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r} must be a string")
     return value
 
 

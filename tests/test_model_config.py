@@ -55,11 +55,20 @@ def test_unknown_key_is_named():
         ("target_index", 9),
         ("decoder_dims", [8, 8]),
         ("num_frames", "8"),
+        ("text_encoder", 5),
+        ("spatial_weights", 1),
     ],
 )
 def test_bad_value_is_named(key, value):
     with pytest.raises(ConfigError, match=key):
         ModelConfig.from_dict({"preset": "tiny", key: value})
+
+
+def test_weight_specs_accept_none_and_strings():
+    cfg = ModelConfig.from_dict({"preset": "paper", "spatial_weights": None})
+    assert cfg.spatial_weights is None
+    cfg = ModelConfig.from_dict({"preset": "tiny", "temporal_weights": None})
+    assert cfg.temporal_weights is None
 
 
 def test_unknown_preset():
