@@ -141,3 +141,23 @@ def test_missing_and_invalid_files(tmp_path):
     loop.write_text("base: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_recipe(loop)
+
+
+def test_train_cli_print_config_and_errors(capsys):
+    from pipelines.cli import main
+
+    assert main(["train", "--config", str(TINY), "train.epochs=3", "--print-config"]) == 0
+    printed = yaml_load(capsys.readouterr().out)
+    assert printed["train"]["epochs"] == 3
+    assert Recipe.from_dict(printed) == load_recipe(TINY, ["train.epochs=3"])
+    assert main(["train", "--config", str(TINY), "train.epoch=3"]) == 2
+    assert "train.epoch" in capsys.readouterr().err
+
+
+def test_train_cli_help(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    assert "KEY=VALUE" in capsys.readouterr().out
