@@ -186,9 +186,6 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
 
     tr = recipe.train
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
-    data_ctx = ray.data.DataContext.get_current()
-    data_ctx.enable_progress_bars = False
-    data_ctx.execution_options.preserve_order = True  # deterministic (cached) block order
     run_dir = run_dir_of(recipe)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(recipe.tracking.uri)
@@ -233,9 +230,19 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
         "steps_per_epoch": steps_per_epoch,
         "fail_at_epoch": fail_at,
     }
-    train_ds = build_train_dataset(recipe)
-    if recipe.data.cache_train:
-        train_ds = train_ds.materialize()
+    # Datasets snapshot the DataContext when created: build them with deterministic block order
+    # (and no progress bars in worker logs), then give the caller's context back.
+    data_ctx = ray.data.DataContext.get_current()
+    saved = (data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order)
+    data_ctx.enable_progress_bars = False
+    data_ctx.execution_options.preserve_order = True
+    try:
+        train_ds = build_train_dataset(recipe)
+        if recipe.data.cache_train:
+            train_ds = train_ds.materialize()
+        val_ds = build_val_clips(recipe)
+    finally:
+        data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order = saved
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -249,7 +256,7 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
             storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=tr.max_failures),
         ),
-        datasets={"train": train_ds, "val": build_val_clips(recipe)},
+        datasets={"train": train_ds, "val": val_ds},
         # Only "train" is split (equal shards); every worker reads the val clip rows and keeps
         # its own (pipelines.data.iter_val_samples). preserve_order makes the split and the
         # order of rows deterministic, hence a resumed epoch sees the same data.
