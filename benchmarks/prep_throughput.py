@@ -83,11 +83,11 @@ def run_decode_bound(plans: list[dict[str, Any]], spec: Any) -> tuple[int, float
 def shard_vs_source(shards: Path, source: Path, spec: Any, limit: int) -> tuple[float, float, int]:
     """Median ms per clip: read from shards vs decode from the source video (one process)."""
     import numpy as np
-    from PIL import Image
 
     from data_prep.decode import open_video
     from data_prep.masks import load_mask
     from data_prep.samples import MaskRef, VideoRef
+    from data_prep.shard_writer import resize_frame
     from data_prep.shards import iter_clip_rows, iter_samples
 
     rows = []
@@ -115,14 +115,7 @@ def shard_vs_source(shards: Path, source: Path, spec: Any, limit: int) -> tuple[
             VideoRef("mp4", str(source / "Release/clips320H" / f"{r['video_id']}.mp4"))
         )
         frames = video.get(r["frame_indices"])
-        _ = np.stack(
-            [
-                np.asarray(
-                    Image.fromarray(f).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-                )
-                for f in frames
-            ]
-        )
+        _ = np.stack([resize_frame(f, spec) for f in frames])  # the resize prep uses
         h5 = (
             source
             / "text_annotations/a2d_annotation_with_instances"

@@ -51,17 +51,22 @@ class PrepConfig:
     concurrency: int | None = None  # max shard tasks in flight (None: as many as CPUs)
     progress: bool = True
 
-    def output_config(self) -> dict[str, Any]:
+    def output_config(self, splits: list[str] | None = None) -> dict[str, Any]:
+        """The manifest's ``config``; ``splits`` = the splits the manifest lists."""
+        return {**self._bytes_config(), "splits": sorted(self.splits if splits is None else splits)}
+
+    def _bytes_config(self) -> dict[str, Any]:
         return {
             "schema_version": SCHEMA_VERSION,
             "dataset": self.dataset,
             "clip": asdict(self.clip),
             "clips_per_shard": self.clips_per_shard,
-            "splits": sorted(self.splits),
         }
 
     def config_hash(self) -> str:
-        return _hash_json(self.output_config())
+        """Hash of what determines a shard's bytes. Not the split selection: a run restricted
+        to some splits writes the same shards as a full run, and keeps the other splits'."""
+        return _hash_json(self._bytes_config())
 
 
 @dataclass
@@ -122,6 +127,7 @@ def plan_shards(
                     "split": split,
                     "root": root,
                     "plan_hash": _hash_json([config_hash, rel, root, chunk]),
+                    "config_hash": config_hash,
                     "clips": chunk,
                 }
             )
@@ -153,6 +159,7 @@ def plan_unit_shards(units: list[IndexUnit], cfg: PrepConfig, root: str) -> list
                     "split": split,
                     "root": root,
                     "plan_hash": _hash_json([config_hash, rel, root, group]),
+                    "config_hash": config_hash,
                     "units": group,
                 }
             )
@@ -286,7 +293,12 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
         seconds_write = time.perf_counter() - t_write
     bar.close()
     records = [done[p["path"]] for p in plans]
-    _remove_stale(out, {p["path"] for p in plans})
+    if cfg.splits:  # keep the finished shards of the splits this run did not touch
+        records = sorted(
+            records + _kept_other_splits(out, cfg, set(cfg.splits)),
+            key=lambda r: (r["split"], r["path"]),
+        )
+    _remove_stale(out, {r["path"] for r in records})
     rejects = [r.to_dict() for r in reader_rejects] + [r for rec in records for r in rec["rejects"]]
     _write_rejects(out / "rejects.parquet", rejects)
     counts: dict[str, dict[str, int]] = {}
@@ -299,7 +311,7 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "dataset": cfg.dataset,
-        "config": cfg.output_config(),
+        "config": cfg.output_config(sorted({r["split"] for r in records} | set(cfg.splits))),
         "config_hash": cfg.config_hash(),
         "source_fingerprint": source_fingerprint(
             cfg.dataset, [r.to_dict() for r in reader_rejects], records, root
@@ -330,6 +342,30 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
         seconds_write=seconds_write,
         cpu_seconds_write=cpu_write,
     )
+
+
+def _kept_other_splits(out: Path, cfg: PrepConfig, splits: set[str]) -> list[dict[str, Any]]:
+    """Progress records of finished shards of splits outside ``splits`` that were written with
+    the same config hash and whose file still matches its checksum (else they are dropped)."""
+    kept = []
+    config_hash = cfg.config_hash()
+    for rec_path in sorted((out / "_progress").glob("*.json")):
+        try:
+            rec = json.loads(rec_path.read_text())
+        except (OSError, ValueError):
+            continue
+        if rec.get("split") in splits or rec.get("config_hash") != config_hash:
+            continue
+        if progress_path(out, str(rec.get("path", ""))) != rec_path:
+            continue
+        f = out / rec["path"]
+        if (
+            f.is_file()
+            and f.stat().st_size == rec.get("bytes")
+            and sha256_file(f) == rec.get("sha256")
+        ):
+            kept.append(rec)
+    return kept
 
 
 def _remove_stale(out: Path, keep: set[str]) -> None:

@@ -1,4 +1,4 @@
-"""Writing one shard: decode → resize → JPEG → Parquet, inside one Ray task.
+"""Writing one shard: decode → resize (OpenCV area) → JPEG → Parquet, inside one Ray task.
 
 A shard plan is a JSON-able dict (see :func:`data_prep.plan.plan_shards`): the clips of the
 shard, each with its video reference, target frame and objects (mask reference +
@@ -40,28 +40,37 @@ class ClipSpec:
     min_video_frames: int = 1
 
 
+def resize_frame(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
+    """Resize one RGB frame to the prep size (aspect not kept), deterministically.
+
+    OpenCV ``INTER_AREA`` (area averaging: antialiased when shrinking, ~2-4x faster than
+    PIL's bilinear filter); single-threaded, parallelism comes from the Ray tasks.
+    """
+    if frame.shape[:2] == (spec.height, spec.width):
+        return frame
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    return cv2.resize(frame, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
+
+
 def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:
-    """Resize (bilinear, aspect not kept) and JPEG-encode (4:2:0) one RGB frame, deterministically.
+    """Resize (:func:`resize_frame`) and JPEG-encode (4:2:0) one RGB frame, deterministically.
 
     libjpeg-turbo through simplejpeg (about 2x faster than PIL's encoder); PIL if absent.
     """
-    from PIL import Image
-
-    if frame.shape[:2] != (spec.height, spec.width):
-        frame = np.ascontiguousarray(frame)
-        im = Image.frombuffer("RGB", (frame.shape[1], frame.shape[0]), frame, "raw", "RGB", 0, 1)
-        frame = np.asarray(im.resize((spec.width, spec.height), Image.Resampling.BILINEAR))
+    frame = np.ascontiguousarray(resize_frame(frame, spec))
     try:
         import simplejpeg
     except ImportError:  # pragma: no cover - simplejpeg is a pinned dependency
+        from PIL import Image
+
         buf = io.BytesIO()
         Image.fromarray(frame).save(buf, format="JPEG", quality=spec.jpeg_quality)
         return buf.getvalue()
     return simplejpeg.encode_jpeg(
-        np.ascontiguousarray(frame),
-        quality=spec.jpeg_quality,
-        colorspace="RGB",
-        colorsubsampling="420",
+        frame, quality=spec.jpeg_quality, colorspace="RGB", colorsubsampling="420"
     )
 
 
@@ -252,6 +261,7 @@ def write_shard(
         "path": plan["path"],
         "split": plan["split"],
         "plan_hash": plan["plan_hash"],
+        "config_hash": plan.get("config_hash", ""),
         "sha256": digest,
         "bytes": final.stat().st_size,
         **stats,

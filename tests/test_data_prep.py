@@ -84,7 +84,8 @@ def test_a2d_bad_input_rejects_and_round_trip(ray_local, tmp_path: Path):
     for shard in manifest["shards"]:
         assert hashlib.sha256((out / shard["path"]).read_bytes()).hexdigest() == shard["sha256"]
 
-    # round trip: masks exactly, frames within JPEG tolerance of decord + the same resize
+    # round trip: masks exactly, frames within JPEG tolerance of decord + a bilinear resize
+    # (prep resizes with OpenCV INTER_AREA: ~0.7 mean difference to PIL bilinear at this size)
     src = tmp_path / "src"
     checked = 0
     for split in manifest["counts"]:
@@ -216,3 +217,26 @@ def test_changed_source_file_redoes_only_its_shard(ray_local, tmp_path: Path):
     after = tree(out)
     parts = [k for k in before if k.endswith(".parquet")]
     assert {k: after[k] for k in parts} == {k: before[k] for k in parts}  # same masks, same bytes
+
+
+def test_split_run_keeps_other_splits(ray_local, tmp_path: Path):
+    """`--split train` after a full run redoes nothing and keeps (and lists) the test shards."""
+    generate(tmp_path / "src", config_for("tiny", seed=3))
+    out = tmp_path / "out"
+    full = prep(tmp_path / "src", out, "refer_shapes", clips_per_shard=4)
+    before, manifest_before = tree(out), load_manifest(out)
+    assert {"train", "test"} <= set(manifest_before["counts"])
+    again = prep(tmp_path / "src", out, "refer_shapes", clips_per_shard=4, splits=("train",))
+    assert again.shards_skipped == again.shards < full.shards  # train only, all already done
+    manifest = load_manifest(out)
+    assert manifest == manifest_before and tree(out) == before
+    test_shards = [s for s in manifest["shards"] if s["split"] == "test"]
+    assert test_shards
+    for s in test_shards:
+        assert hashlib.sha256((out / s["path"]).read_bytes()).hexdigest() == s["sha256"]
+    assert len(list(read_samples(out, "test").iter_rows())) == manifest["counts"]["test"]["samples"]
+    # another clip config for train: the test shards (older config) are no longer kept
+    other = ClipSpec(num_frames=2, stride=1, height=16, width=24)
+    prep(tmp_path / "src", out, "refer_shapes", clip=other, clips_per_shard=4, splits=("train",))
+    manifest = load_manifest(out)
+    assert set(manifest["counts"]) == {"train"} and not list(out.glob("test/part-*.parquet"))
