@@ -251,11 +251,10 @@ def read_clip(
     video: str, target_frame: int | None, spec: ServingSpec
 ) -> tuple[np.ndarray, int, tuple[int, int]]:
     """``(frames uint8 [T,h,w,3] at the prep size, target index in them, original (H, W))``."""
-    from PIL import Image
-
     from data_prep.decode import open_video
     from data_prep.samples import VideoRef
     from data_prep.schema import clip_frame_indices
+    from data_prep.shard_writer import ClipSpec, resize_frame
 
     path = Path(video)
     if path.is_dir():
@@ -275,14 +274,11 @@ def read_clip(
     idx, t_idx = clip_frame_indices(t, n, spec.num_frames, spec.stride)
     frames = src.get(idx)
     orig = (int(frames.shape[1]), int(frames.shape[2]))
-    resized = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(f).resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-            )
-            for f in frames
-        ]
+    # The same resize as ``lstc prep`` (OpenCV INTER_AREA), so served inputs match training.
+    clip_spec = ClipSpec(
+        num_frames=spec.num_frames, stride=spec.stride, height=spec.height, width=spec.width
     )
+    resized = np.stack([resize_frame(f, clip_spec) for f in frames])
     return resized, t_idx, orig
 
 

@@ -76,15 +76,18 @@ def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
 
     if ray.is_initialized():
         return
+    from pipelines.ray_setup import runtime_env
+
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env())
     else:
         ray.init(
             num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             log_to_driver=True,
+            runtime_env=runtime_env(),
         )
 
 

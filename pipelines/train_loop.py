@@ -205,6 +205,42 @@ def _overlay_grid(core: Any, recipe: Any, samples: list[dict[str, Any]]) -> np.n
     return overlay_grid(tiles, ncols=min(4, len(tiles)))
 
 
+def _epoch_bar(epoch: int, epochs: int, total: int) -> Any:
+    """A progress bar drawn on the driver (Ray's distributed tqdm); None when unavailable."""
+    try:
+        from ray.experimental import tqdm_ray
+
+        return tqdm_ray.tqdm(desc=f"train epoch {epoch}/{epochs}", total=total, unit="batch")
+    except Exception:  # pragma: no cover - progress is cosmetic, never fail training on it
+        return None
+
+
+def _epoch_summary(metrics: Mapping[str, Any], epochs: int) -> str:
+    """One line per epoch for the driver's console (the full set goes to MLflow)."""
+    parts = [
+        f"epoch {metrics['epoch']}/{epochs}",
+        f"train loss {metrics['train/loss']:.4f}",
+        f"{metrics['train/samples_per_s']:.1f} samples/s",
+        f"lr {metrics['lr']:.2e}",
+    ]
+    val = [
+        f"{name} {metrics[key]:.2f}"
+        for name, key in (
+            ("mean IoU", "val/mean_iou"),
+            ("overall IoU", "val/overall_iou"),
+            ("J&F", "val/J_and_F"),
+            ("mAP", "val/mAP_at_0.5-0.95"),
+        )
+        if key in metrics
+    ]
+    if val:
+        parts.append("val " + ", ".join(val))
+    parts.append(
+        f"({metrics['time/train_epoch_s']:.0f} s train, {metrics['time/val_s']:.0f} s val)"
+    )
+    return "lstc train: " + " | ".join(parts)
+
+
 def _autocast(device: Any, enabled: bool) -> Any:
     import torch
 
@@ -310,6 +346,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         batches = _train_batches(train_shard, recipe, epoch)
         optimizer.zero_grad(set_to_none=True)
         micro = 0
+        bar = _epoch_bar(epoch + 1, tr.epochs, steps_per_epoch * accum) if rank == 0 else None
         for batch in batches:
             clip = batch["clip"].to(device, non_blocking=True)
             target = batch["mask"].to(device, non_blocking=True)
@@ -326,6 +363,11 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             loss_sum += float(loss.detach())
             n_batches += 1
             n_samples += clip.shape[0]
+            if bar is not None:
+                bar.set_description(
+                    f"train epoch {epoch + 1}/{tr.epochs} loss {loss_sum / n_batches:.4f}"
+                )
+                bar.update(1)
             if not sync:
                 continue
             if recipe.optim.grad_clip > 0:
@@ -354,6 +396,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 raise InjectedFault(
                     f"injected fault: rank {rank} in epoch {epoch + 1} (train.fail_at_epoch)"
                 )
+        if bar is not None:
+            bar.close()
         train_time = time.perf_counter() - t0
         train_loss = _all_mean(loss_sum, n_batches, device)
         samples_total = _all_mean(float(n_samples), 1.0, device) * world
@@ -396,6 +440,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             history.setdefault(k, []).append(float(metrics[k]))
 
         if rank == 0:
+            print(_epoch_summary(metrics, tr.epochs), flush=True)
             tracker.log_metrics(metrics, step=epoch + 1)
             grid = _overlay_grid(core, recipe, overlay_samples)
             if grid is not None:

@@ -41,6 +41,8 @@ def ray_local():
     """
     import ray
 
+    from pipelines.ray_setup import runtime_env
+
     if not ray.is_initialized():
         ray.init(
             num_cpus=4,
@@ -48,6 +50,7 @@ def ray_local():
             include_dashboard=False,
             log_to_driver=True,
             _node_ip_address="127.0.0.1",
+            runtime_env=runtime_env(),
         )
     yield ray
     ray.shutdown()
