@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,19 @@ __all__ = [
 
 #: Thresholds reported as ``P@K`` (in hundredths, exact).
 PK_THRESHOLDS: tuple[int, ...] = (50, 60, 70, 80, 90)
+
+#: every metric ``compute`` returns (besides ``num_samples``), in table order
+METRIC_NAMES: tuple[str, ...] = (
+    "overall_iou",
+    "mean_iou",
+    *(f"P@{k / 100:.1f}" for k in PK_THRESHOLDS),
+    "mAP@0.5:0.95",
+    "coco_mAP@0.5:0.95",
+    "coco_AP@0.5",
+    "J",
+    "F",
+    "J&F",
+)
 #: Thresholds averaged by ``mAP@0.5:0.95`` (in hundredths, exact).
 MAP_THRESHOLDS: tuple[int, ...] = tuple(range(50, 100, 5))
 #: Version of the dict returned by :meth:`ReferringMetrics.state`.
@@ -443,17 +456,7 @@ class ReferringMetrics:
     def _compute(self, idx: np.ndarray, *, coco: bool = True) -> dict[str, float]:
         n = int(idx.size)
         out: dict[str, float] = {}
-        keys = [
-            "overall_iou",
-            "mean_iou",
-            *(f"P@{k / 100:.1f}" for k in PK_THRESHOLDS),
-            "mAP@0.5:0.95",
-            "coco_mAP@0.5:0.95",
-            "coco_AP@0.5",
-            "J",
-            "F",
-            "J&F",
-        ]
+        keys = list(METRIC_NAMES)
         if n == 0:
             out = dict.fromkeys(keys, _NAN)
             out["num_samples"] = 0
@@ -511,7 +514,7 @@ class ReferringMetrics:
         if not dts:
             return 0.0, 0.0
         categories = [{"id": 1, "name": "object"}]
-        with contextlib.redirect_stdout(io.StringIO()):
+        with _quiet():
             coco_gt = COCO()
             coco_gt.dataset = {"images": images, "annotations": gts, "categories": categories}
             coco_gt.createIndex()
@@ -524,6 +527,21 @@ class ReferringMetrics:
             ev.accumulate()
             ev.summarize()
         return float(ev.stats[0]), float(ev.stats[1])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pycocotools' progress prints, also where ``print`` itself is patched (Ray Train
+    routes ``print`` to logging, past ``redirect_stdout``)."""
+    import builtins
+
+    saved = builtins.print
+    builtins.print = lambda *args, **kwargs: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        builtins.print = saved
 
 
 def _encode(mask: np.ndarray) -> bytes:

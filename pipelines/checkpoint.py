@@ -70,6 +70,18 @@ def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the finished folder `tmp` (a sibling of `final`) into place: a reader sees the
+    old folder or the new one, never a half-written one."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -116,13 +128,7 @@ def save_checkpoint(
             json.dumps(_json_safe({"epoch": epoch, **(metrics or {})}), indent=2, sort_keys=True),
             encoding="utf-8",
         )
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

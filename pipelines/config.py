@@ -140,6 +140,7 @@ class TrainConfig:
     find_unused_parameters: bool = False
     ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
     measure_loader: bool = False  # benchmark: time one loader-only pass before each epoch
+    log_level: str = "WARNING"  # Ray Train's own console logs; our epoch lines always show
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,6 +190,10 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "train.cpus_per_worker": (lambda v: v > 0, "must be > 0"),
     "train.max_failures": (lambda v: v >= -1, "must be >= -1 (-1 = unlimited)"),
     "train.fail_at_epoch": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
+    "train.log_level": (
+        lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
+        "must be DEBUG, INFO, WARNING or ERROR",
+    ),
     "train.run_name": (
         lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", v)),
         "must match [A-Za-z0-9_.-]+",

@@ -26,7 +26,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-#: rows of the printed table, in order (names of lstc.metrics)
+from lstc.metrics import METRIC_NAMES
+
+#: rows of the printed table, in order
+TABLE_KEYS = METRIC_NAMES
 TABLE_KEYS = (
     "overall_iou",
     "mean_iou",

@@ -107,13 +107,9 @@ def _copy_dir_atomic(src: Path, dst: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
     shutil.rmtree(tmp)
     shutil.copytree(src, tmp)
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-        os.replace(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dst)
+    from pipelines.checkpoint import replace_dir
+
+    replace_dir(tmp, dst)
     return dst
 
 
@@ -258,6 +254,7 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
             name=tr.run_name,
             storage_path=str(run_dir.parent),
             failure_config=ray.train.FailureConfig(max_failures=tr.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=tr.log_level),
         ),
         datasets={"train": train_ds, "val": val_ds},
         # Only "train" is split (equal shards); every worker reads the val clip rows and keeps
