@@ -178,13 +178,23 @@ def validate(
 
 
 def _tee_first(it: Iterator[dict[str, Any]], keep: list, n: int) -> Iterator[dict[str, Any]]:
+    """Pass `it` through, keeping the first sample of each of the first `n` distinct videos
+    (the fixed overlay samples; one per video so that the grid shows different scenes)."""
+    videos: set[Any] = set()
     for s in it:
-        if len(keep) < n:
+        video = s.get("video_id")
+        if len(keep) < n and video not in videos:
+            videos.add(video)
             keep.append(s)
         yield s
 
 
+OVERLAY_MIN_SIDE = 192
+
+
 def _overlay_grid(core: Any, recipe: Any, samples: list[dict[str, Any]]) -> np.ndarray | None:
+    from PIL import Image
+
     from lstc.visualize import overlay, overlay_grid
     from pipelines.data import collate, collate_kwargs
     from pipelines.inference import predict_masks
@@ -201,7 +211,14 @@ def _overlay_grid(core: Any, recipe: Any, samples: list[dict[str, Any]]) -> np.n
     tiles = []
     for s, p in zip(samples, preds):
         frame = np.asarray(s["clip"])[int(s["target_index"])]
-        tiles.append(overlay(frame, p, s.get("mask"), str(s["text"])))
+        gt = s.get("mask")
+        # shown at the original frame size (the masks' size), at least OVERLAY_MIN_SIDE px on
+        # the short side, so that small training sizes (the tiny recipe's 64x64) stay readable
+        h, w = np.asarray(p).shape[-2:]
+        f = max(1.0, OVERLAY_MIN_SIDE / min(h, w))
+        size = (round(w * f), round(h * f))
+        frame = np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BILINEAR))
+        tiles.append(overlay(frame, p, gt, str(s["text"])))
     return overlay_grid(tiles, ncols=min(4, len(tiles)))
 
 
