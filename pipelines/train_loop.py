@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -233,7 +234,8 @@ def _epoch_bar(epoch: int, epochs: int, total: int) -> Any:
 
 
 def _epoch_summary(metrics: Mapping[str, Any], epochs: int) -> str:
-    """One line per epoch for the driver's console (the full set goes to MLflow)."""
+    """One line per epoch for the driver's console, metrics in percent like ``lstc eval``'s
+    table (the full set goes to MLflow)."""
     parts = [
         f"epoch {metrics['epoch']}/{epochs}",
         f"train loss {metrics['train/loss']:.4f}",
@@ -241,7 +243,7 @@ def _epoch_summary(metrics: Mapping[str, Any], epochs: int) -> str:
         f"lr {metrics['lr']:.2e}",
     ]
     val = [
-        f"{name} {metrics[key]:.2f}"
+        f"{name} {100 * metrics[key]:.1f}"
         for name, key in (
             ("mean IoU", "val/mean_iou"),
             ("overall IoU", "val/overall_iou"),
@@ -457,7 +459,9 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             history.setdefault(k, []).append(float(metrics[k]))
 
         if rank == 0:
-            print(_epoch_summary(metrics, tr.epochs), flush=True)
+            # straight to stdout: Ray Train's patched print() would log it twice
+            sys.stdout.write(_epoch_summary(metrics, tr.epochs) + "\n")
+            sys.stdout.flush()
             tracker.log_metrics(metrics, step=epoch + 1)
             grid = _overlay_grid(core, recipe, overlay_samples)
             if grid is not None:

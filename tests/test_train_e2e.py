@@ -48,6 +48,10 @@ def overrides(shards: Path, env: dict, name: str, *extra: str) -> list[str]:
         f"train.run_name={name}",
         f"tracking.uri={env['uri']}",
         "registry.model_name=lstc-e2e-tiny",
+        # a few dozen steps on 8 videos: a hotter lr and pos_weight than the demo's recipe
+        # (tuned for thousands of steps) get the net off the empty mask within 2 epochs
+        "optim.lr=1e-2",
+        "loss.pos_weight=10.0",
         *extra,
     ]
 
