@@ -51,7 +51,9 @@ class CMAM(nn.Module):
         self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """``a [B, L]`` from context features ``V' [B, C, N]``."""
-        pooled = self.vis_proj(context).sum(-1)  # sum_n W_p V'_n  [B, D] (the sum is linear)
+        # sum_n (W_p V'_n + b_p) = W_p (sum_n V'_n) + N b_p: sum first, project once  [B, D]
+        n = context.shape[-1]
+        pooled = F.linear(context.sum(-1), self.vis_proj.weight.flatten(1), n * self.vis_proj.bias)
         scores = torch.einsum("bld,bd->bl", self.word_proj(words), pooled)
         scores = scores.masked_fill(~mask, 0.0)
         scores = scores / scores.norm(dim=1, keepdim=True).clamp_min(1e-6)
@@ -114,10 +116,12 @@ class LanguageUpdate(nn.Module):
         self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """`context`: CMAM's ``V'`` ``[B, C, *S]``; returns the refined words ``[B, L, D]``."""
-        u = self._pool(context).flatten(2)  # [B, C, N']
+        u = self._pool(context).flatten(2).transpose(1, 2)  # [B, N', C]
         b, length, d = words.shape
         dh = d // self.heads
-        kv = self.kv(u).view(b, 2, self.heads, dh, -1).transpose(-1, -2)  # [B, 2, h, N', dh]
+        # the 1x1 conv as one matmul over positions-major features (fewer copies than Conv1d)
+        kv = F.linear(u, self.kv.weight.flatten(1), self.kv.bias)  # [B, N', 2D]
+        k, v = kv.view(b, -1, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, h, N', dh] each
         q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
-        ctx = F.scaled_dot_product_attention(q, kv[:, 0], kv[:, 1])  # [B, h, L, dh]
+        ctx = F.scaled_dot_product_attention(q, k, v)  # [B, h, L, dh]
         return words + self.out(ctx.transpose(1, 2).reshape(b, length, d))
