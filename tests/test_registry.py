@@ -41,7 +41,12 @@ def tiny_checkpoint(tmp_path_factory):
     root = tmp_path_factory.mktemp("registry")
     recipe = load_recipe(
         "configs/refer_shapes_tiny.yaml",
-        [f"tracking.uri=sqlite:///{root}/mlflow.db", "registry.model_name=lstc-test"],
+        [
+            f"tracking.uri=sqlite:///{root}/mlflow.db",
+            "registry.model_name=lstc-test",
+            # no shards there: the serving spec is lstc prep's defaults whatever the cwd holds
+            f"data.root={root / 'no-shards'}",
+        ],
     )
     torch.manual_seed(0)
     model = build_model(recipe.model.without_pretrained()).eval()
