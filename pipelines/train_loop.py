@@ -387,6 +387,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                     f"train epoch {epoch + 1}/{tr.epochs} loss {loss_sum / n_batches:.4f}"
                 )
                 bar.update(1)
+                sys.stdout.flush()  # the bar's state travels as a stdout line to the driver
             if not sync:
                 continue
             if recipe.optim.grad_clip > 0:
@@ -417,6 +418,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 )
         if bar is not None:
             bar.close()
+            sys.stdout.flush()
         train_time = time.perf_counter() - t0
         train_loss = _all_mean(loss_sum, n_batches, device)
         samples_total = _all_mean(float(n_samples), 1.0, device) * world
