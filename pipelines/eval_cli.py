@@ -30,21 +30,6 @@ from lstc.metrics import METRIC_NAMES
 
 #: rows of the printed table, in order
 TABLE_KEYS = METRIC_NAMES
-TABLE_KEYS = (
-    "overall_iou",
-    "mean_iou",
-    "P@0.5",
-    "P@0.6",
-    "P@0.7",
-    "P@0.8",
-    "P@0.9",
-    "mAP@0.5:0.95",
-    "coco_mAP@0.5:0.95",
-    "coco_AP@0.5",
-    "J",
-    "F",
-    "J&F",
-)
 
 
 def register(subparsers: Any) -> None:
