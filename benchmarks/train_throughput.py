@@ -111,7 +111,14 @@ def main() -> int:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="lstc-train-bench-"))
-    ray.init(num_cpus=4, object_store_memory=512 * 1024**2, include_dashboard=False)
+    from pipelines.ray_setup import runtime_env
+
+    ray.init(
+        num_cpus=4,
+        object_store_memory=512 * 1024**2,
+        include_dashboard=False,
+        runtime_env=runtime_env(),
+    )
     shards = Path(args.shards) if args.shards else make_shards(work, args.videos)
     rows = []
     configs = [(1, True), (2, True)] + ([(2, False)] if args.no_cache else [])
