@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import statistics
@@ -134,7 +135,7 @@ def run(args: argparse.Namespace) -> dict:
             "logits_dtype": str(out.logits.dtype),
             "loss_first": losses[0],
             "loss_last": losses[-1],
-            "all_finite": all(map(lambda v: v == v and abs(v) != float("inf"), losses)),
+            "all_finite": all(map(math.isfinite, losses)),
         }
         del net, model, opt, out, loss
         if device.type == "cuda":

@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,10 @@ __all__ = [
 
 #: Thresholds reported as ``P@K`` (in hundredths, exact).
 PK_THRESHOLDS: tuple[int, ...] = (50, 60, 70, 80, 90)
+#: Thresholds averaged by ``mAP@0.5:0.95`` (in hundredths, exact).
+MAP_THRESHOLDS: tuple[int, ...] = tuple(range(50, 100, 5))
+#: Version of the dict returned by :meth:`ReferringMetrics.state`.
+STATE_VERSION = 1
 
 #: every metric ``compute`` returns (besides ``num_samples``), in table order
 METRIC_NAMES: tuple[str, ...] = (
@@ -77,10 +81,6 @@ METRIC_NAMES: tuple[str, ...] = (
     "F",
     "J&F",
 )
-#: Thresholds averaged by ``mAP@0.5:0.95`` (in hundredths, exact).
-MAP_THRESHOLDS: tuple[int, ...] = tuple(range(50, 100, 5))
-#: Version of the dict returned by :meth:`ReferringMetrics.state`.
-STATE_VERSION = 1
 
 _NAN = float("nan")
 
@@ -514,7 +514,7 @@ class ReferringMetrics:
         if not dts:
             return 0.0, 0.0
         categories = [{"id": 1, "name": "object"}]
-        with _quiet():
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' progress prints
             coco_gt = COCO()
             coco_gt.dataset = {"images": images, "annotations": gts, "categories": categories}
             coco_gt.createIndex()
@@ -527,21 +527,6 @@ class ReferringMetrics:
             ev.accumulate()
             ev.summarize()
         return float(ev.stats[0]), float(ev.stats[1])
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence pycocotools' progress prints, also where ``print`` itself is patched (Ray Train
-    routes ``print`` to logging, past ``redirect_stdout``)."""
-    import builtins
-
-    saved = builtins.print
-    builtins.print = lambda *args, **kwargs: None
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        builtins.print = saved
 
 
 def _encode(mask: np.ndarray) -> bytes:

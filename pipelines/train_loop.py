@@ -461,9 +461,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             history.setdefault(k, []).append(float(metrics[k]))
 
         if rank == 0:
-            # straight to stdout: Ray Train's patched print() would log it twice
-            sys.stdout.write(_epoch_summary(metrics, tr.epochs) + "\n")
-            sys.stdout.flush()
+            print(_epoch_summary(metrics, tr.epochs), flush=True)
             tracker.log_metrics(metrics, step=epoch + 1)
             grid = _overlay_grid(core, recipe, overlay_samples)
             if grid is not None:
