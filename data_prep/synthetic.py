@@ -20,8 +20,9 @@ Output (``lstc prep --dataset refer_shapes`` reads it with the A2D reader)::
     refer_shapes.json   generation config + per-object attributes (for analysis)
 
 ``reMask`` is written transposed as in A2D: ``(W, H)`` when a frame lists one instance,
-``(N, W, H)`` otherwise. Everything is a function of the seed (files are byte-identical
-for a given seed and scale).
+``(N, W, H)`` otherwise. Everything is a function of the seed: files are byte-identical
+for a given seed and scale, in any process and on any CPU (given the same PyAV/x264 build;
+see :func:`write_mp4`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import platform
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -263,8 +265,60 @@ def render_video(
     return frames, owner
 
 
+# BT.601 studio-swing ("limited range") RGB -> YCbCr, 8-bit fixed point (x 256), the
+# coefficients of ITU-R BT.601 as used by FFmpeg/x264 tooling. Rows: Y, Cb, Cr.
+_BT601 = np.array([[66, 129, 25], [-38, -74, 112], [112, -94, -18]], np.int32)
+
+# libx264 settings under which the bytes are a function of the input planes only.
+# * asm: x264 picks its SIMD routines from the CPU it runs on. On an AVX-512 CPU (x264 core
+#   165 in the PyAV 18 wheel) they read uninitialised heap memory on the macroblock-tree /
+#   B-frame path: the same frames gave 2-5 different files in 12 encodes in one process, and
+#   MALLOC_PERTURB_ changed the output. Their SSSE3+ routines also give other bits than SSE2
+#   or plain C. SSE2 is in every x86-64 CPU and gives the same bits as x264's C code (what it
+#   runs on other architectures: asm=0); it costs ~1 ms per tiny video.
+# * mbtree=0, bframes=0: the macroblock-tree propagation is float SIMD whose bits differ
+#   between CPUs, and the AVX-512 read is on that path (either option alone removed it).
+#   bframes=0 is what the old ``"bframes"`` option meant: PyAV ignored that unknown name
+#   and x264 used 3 B-frames.
+# * one thread, no sliced or lookahead threads: no dependence on the core count.
+_X264_ASM = "SSE2" if platform.machine().lower() in ("x86_64", "amd64") else "0"
+X264_OPTIONS = {
+    "crf": "16",
+    "preset": "veryfast",
+    "g": "24",
+    "threads": "1",
+    "x264-params": (
+        "threads=1:lookahead-threads=1:sliced-threads=0:bframes=0:mbtree=0:asm=" + _X264_ASM
+    ),
+}
+
+
+def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
+    """``uint8 [T, H, W, 3]`` RGB -> ``uint8 [T, H * 3 // 2, W]`` yuv420p (Y, then Cb, then Cr).
+
+    BT.601 limited range in integer arithmetic, chroma averaged over each 2x2 block: the
+    same bytes on every machine (swscale's conversion depends on the CPU's SIMD). H and W
+    must be even, as 4:2:0 needs.
+    """
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"yuv420p needs an even frame size, got {h}x{w}")
+    rgb = frames.astype(np.int32)
+    y = ((rgb @ _BT601[0] + 128) >> 8) + 16
+    # chroma: sum the x256 values over each 2x2 block, then round once (>> 10 = / (4 * 256))
+    blocks = rgb.reshape(t, h // 2, 2, w // 2, 2, 3).sum(axis=(2, 4))
+    cb = ((blocks @ _BT601[1] + 512) >> 10) + 128
+    cr = ((blocks @ _BT601[2] + 512) >> 10) + 128
+    planes = [y.reshape(t, -1), cb.reshape(t, -1), cr.reshape(t, -1)]
+    return np.concatenate(planes, axis=1).astype(np.uint8).reshape(t, h * 3 // 2, w)
+
+
 def write_mp4(path: Path, frames: np.ndarray, fps: int) -> str:
-    """Encode frames with libx264 (mpeg4 if libx264 is unavailable); returns the codec used."""
+    """Encode RGB frames with libx264 (mpeg4 if libx264 is unavailable); returns the codec used.
+
+    The bytes depend on the frames only (see ``X264_OPTIONS``): the RGB -> yuv420p conversion
+    is done here in numpy (:func:`rgb_to_yuv420p`, BT.601 limited range, tagged as such).
+    """
     import av
 
     codec = "libx264"
@@ -272,22 +326,22 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> str:
         av.codec.Codec(codec, "w")
     except Exception:
         codec = "mpeg4"
+    yuv = rgb_to_yuv420p(frames)
     tmp = path.with_name(path.name + ".tmp.mp4")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        cc = stream.codec_context
+        cc.colorspace = cc.color_primaries = cc.color_trc = 6  # SMPTE 170M (BT.601)
+        cc.color_range = 1  # MPEG (limited)
         if codec == "libx264":
-            stream.options = {
-                "crf": "16",
-                "preset": "veryfast",
-                "threads": "1",
-                "bframes": "0",
-                "g": "24",
-            }
+            stream.options = dict(X264_OPTIONS)
         else:
-            stream.options = {"qscale": "2", "g": "24", "threads": "1"}
-        for arr in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+            stream.options = {"qscale": "2", "g": "24", "threads": "1", "flags": "+bitexact"}
+        for t, arr in enumerate(yuv):
+            frame = av.VideoFrame.from_ndarray(arr, format="yuv420p")
+            frame.pts = t
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -1,0 +1,1 @@
+"""Evaluation: inference, the eval runner, parallel eval with Ray Data, submissions."""

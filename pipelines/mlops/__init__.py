@@ -1,0 +1,1 @@
+"""MLflow: experiment tracking, the model registry and the served model."""
