@@ -4,7 +4,7 @@ Runs the same step the Ray Train loop runs (``lstc.model`` forward, ``Segmentati
 backward, gradient clipping, AdamW step) inside a ``DistributedDataParallel`` wrapper on an
 NCCL process group (one process per GPU of this machine; world size 1 on a one-GPU machine
 still goes through NCCL's all-reduce), with the loop's own autocast helper
-(``pipelines.train_loop._autocast``: bf16 on CUDA). Random weights and random clips: nothing is
+(``pipelines.train.loop._autocast``: bf16 on CUDA). Random weights and random clips: nothing is
 downloaded. Prints samples/s, the step-time ratio fp32 / bf16, peak GPU memory, and how far
 the bf16 loss of the first step is from the fp32 one (same weights, same batch).
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict:
     from lstc.config import LossConfig, ModelConfig
     from lstc.losses import SegmentationLoss
     from lstc.model import build_model
-    from pipelines.train_loop import _autocast
+    from pipelines.train.loop import _autocast
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")

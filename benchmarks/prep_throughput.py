@@ -84,10 +84,10 @@ def shard_vs_source(shards: Path, source: Path, spec: Any, limit: int) -> tuple[
     """Median ms per clip: read from shards vs decode from the source video (one process)."""
     import numpy as np
 
+    from data_prep.clipspec import resize_frame
     from data_prep.decode import open_video
     from data_prep.masks import load_mask
     from data_prep.samples import MaskRef, VideoRef
-    from data_prep.shard_writer import resize_frame
     from data_prep.shards import iter_clip_rows, iter_samples
 
     rows = []
@@ -137,9 +137,10 @@ CONFIGS = {
 
 
 def bench_config(name: str, source: Path, out: Path, args: argparse.Namespace) -> None:
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, plan_unit_shards, run_prep
     from data_prep.readers import get_reader
-    from data_prep.shard_writer import ClipSpec, _plan_clips
+    from data_prep.shard_writer import _plan_clips
 
     c = CONFIGS[name]
     spec = ClipSpec(

@@ -32,8 +32,8 @@ sys.path.insert(0, str(REPO))
 
 
 def make_shards(out: Path, videos: int) -> Path:
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, run_prep
-    from data_prep.shard_writer import ClipSpec
     from data_prep.synthetic import config_for, generate
 
     generate(out / "source", config_for("tiny", seed=0, num_videos=videos))
@@ -52,7 +52,7 @@ def make_shards(out: Path, videos: int) -> Path:
 
 def run_one(shards: Path, work: Path, workers: int, epochs: int, cache: bool) -> dict:
     from pipelines.config import load_recipe
-    from pipelines.train import train
+    from pipelines.train.driver import train
 
     name = f"bench_w{workers}_{'cached' if cache else 'stream'}"
     recipe = load_recipe(

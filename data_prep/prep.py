@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.clips import build_clips
+from data_prep.clipspec import ClipSpec
 from data_prep.readers import get_reader
 from data_prep.readers.base import IndexUnit
 from data_prep.samples import Reject
 from data_prep.schema import SCHEMA_VERSION
 from data_prep.shard_writer import (
-    ClipSpec,
     atomic_write_bytes,
     progress_path,
     sha256_file,

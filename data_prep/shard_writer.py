@@ -15,44 +15,17 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from data_prep.clipspec import ClipSpec, resize_frame
 from data_prep.decode import DecodeError, open_video
 from data_prep.masks import MaskError, MaskLoader, mask_png
 from data_prep.samples import MaskRef, Reject, VideoRef
 from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """How clips are cut and encoded (part of the config hash)."""
-
-    num_frames: int = 8
-    stride: int = 2
-    height: int = 320
-    width: int = 320
-    jpeg_quality: int = 90
-    min_video_frames: int = 1
-
-
-def resize_frame(frame: np.ndarray, spec: ClipSpec) -> np.ndarray:
-    """Resize one RGB frame to the prep size (aspect not kept), deterministically.
-
-    OpenCV ``INTER_AREA`` (area averaging: antialiased when shrinking, ~2-4x faster than
-    PIL's bilinear filter); single-threaded, parallelism comes from the Ray tasks.
-    """
-    if frame.shape[:2] == (spec.height, spec.width):
-        return frame
-    import cv2
-
-    if cv2.getNumThreads() != 1:
-        cv2.setNumThreads(1)
-    return cv2.resize(frame, (spec.width, spec.height), interpolation=cv2.INTER_AREA)
 
 
 def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:

@@ -33,6 +33,15 @@ RECIPE_FILE = "recipe.yaml"
 METRICS_FILE = "metrics.json"
 
 
+def unwrap(model: Any) -> Any:
+    """The bare ``LSTC`` module under DDP / ``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
 def rng_state() -> dict[str, Any]:
     import torch
 
@@ -101,8 +110,6 @@ def save_checkpoint(
     An existing directory at ``path`` is replaced.
     """
     import torch
-
-    from pipelines.inference import unwrap
 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)

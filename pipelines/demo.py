@@ -1,4 +1,4 @@
-"""``lstc demo``: the whole pipeline on embedded defaults, offline, on this machine.
+"""The demo behind ``lstc demo``: the whole pipeline on embedded defaults, offline, on this machine.
 
 Steps (each one resumable, so rerunning the command finishes an interrupted demo):
 
@@ -11,40 +11,26 @@ Steps (each one resumable, so rerunning the command finishes an interrupted demo
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "configs" / "refer_shapes_tiny.yaml"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on a synthetic benchmark (synth -> prep -> train -> eval)",
-        description="Generate the synthetic refer-shapes benchmark, prepare its shards with Ray "
-        "Data, train the tiny LSTC recipe with Ray Train (tracked in MLflow, best model "
-        "registered), then evaluate the registered champion. Offline, CPU, resumable: rerun "
-        "the same command to finish an interrupted demo.",
-    )
-    p.add_argument(
-        "--workdir", default="data/refer_shapes", help="where data goes (default %(default)s)"
-    )
-    p.add_argument("--scale", default="demo", choices=["tiny", "demo"], help="benchmark scale")
-    p.add_argument("--videos", type=int, default=None, help="override the number of videos")
-    p.add_argument("--seed", type=int, default=0, help="seed of the benchmark and training")
-    p.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="training recipe YAML")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="recipe overrides (e.g. train.epochs=2 model.lasp=off)",
-    )
-    p.add_argument("--stride", type=int, default=2, help="frame stride inside a clip (default 2)")
-    p.add_argument("--skip-train", action="store_true", help="stop after the shards")
-    p.set_defaults(func=run)
+@dataclass(frozen=True, kw_only=True)
+class DemoOptions:
+    """Knobs of ``lstc demo`` (one field per command-line flag)."""
+
+    workdir: str = "data/refer_shapes"
+    scale: str = "demo"  # tiny | demo
+    videos: int | None = None
+    seed: int = 0
+    recipe: str = str(DEFAULT_RECIPE)
+    overrides: list[str] = field(default_factory=list)
+    stride: int = 2
+    skip_train: bool = False
 
 
 def _step(title: str) -> float:
@@ -52,26 +38,21 @@ def _step(title: str) -> float:
     return time.perf_counter()
 
 
-def run(args: argparse.Namespace) -> int:
+def run_demo(args: DemoOptions) -> int:
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, run_prep
-    from data_prep.shard_writer import ClipSpec
     from data_prep.synthetic import config_for, generate
-    from pipelines.config import ConfigError, load_recipe
+    from pipelines.config import load_recipe
 
     work = Path(args.workdir)
     raw, shards = work / "raw", work / "shards"
-    try:
-        recipe = load_recipe(
-            args.recipe,
-            [f"data.root={shards}", f"train.seed={args.seed}", *args.overrides],
-        )
-    except ConfigError as exc:
-        print(f"lstc demo: {exc}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(
+        args.recipe, [f"data.root={shards}", f"train.seed={args.seed}", *args.overrides]
+    )
     model_cfg = recipe.model
     # One Ray instance for every step, sized so that Ray Data can still read while the
     # training workers hold their CPUs (a 2-core laptop would otherwise starve the reader).
-    from pipelines.train import init_ray
+    from pipelines.ray_setup import init_ray
 
     tr = recipe.train
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
@@ -113,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if args.skip_train:
         return 0
 
-    from pipelines.train import train
+    from pipelines.train.driver import train
 
     t0 = _step(f"3/4 train {recipe.train.run_name} ({recipe.train.num_workers} Ray Train workers)")
     result = train(recipe)
@@ -124,19 +105,17 @@ def run(args: argparse.Namespace) -> int:
     )
 
     t0 = _step("4/4 evaluate the registered model")
-    rc = 0
+    from pipelines.eval.runner import EvalOptions, run_eval
+
     if result.registered:
         version, alias = result.registered
         model_uri = f"models:/{recipe.registry.model_name}/{version}"
         print(f"registered {recipe.registry.model_name} version {version} (alias {alias})")
-        from pipelines.cli import main as lstc_main
-
-        rc = lstc_main(["eval", "--model", model_uri, "--data", str(shards)])
     else:
         print("model was not registered (see warnings above); evaluating the best checkpoint")
-        from pipelines.cli import main as lstc_main
-
-        rc = lstc_main(["eval", "--model", str(result.best_checkpoint), "--data", str(shards)])
+        model_uri = str(result.best_checkpoint)
+    run_eval(EvalOptions(model=model_uri, data=str(shards)))
+    rc = 0
     timings["eval"] = time.perf_counter() - t0
 
     print("\n=== done ===")

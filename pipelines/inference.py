@@ -12,7 +12,7 @@ One code path, so that ``lstc eval`` reproduces the validation metrics logged du
   with ``key = clip_id/object_id/expression_id`` (so merging states of several workers drops
   padded duplicates), ``group`` = the sample's ``expression_set`` meta (Ref-DAVIS17's four
   sets) and ``track = video/object/expression`` (DAVIS averages J and F per track first).
-  Samples without ground truth are skipped (they belong to :mod:`pipelines.submission`).
+  Samples without ground truth are skipped (they belong to :mod:`pipelines.eval.submission`).
 
 A DDP-wrapped model is unwrapped first: evaluation never runs collectives, so ranks with
 different numbers of batches cannot hang.
@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.checkpoint import unwrap
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -39,15 +41,6 @@ class Prediction:
 
     mask: np.ndarray  # bool [H0, W0]
     score: float  # mean foreground probability (max probability when empty)
-
-
-def unwrap(model: Any) -> Any:
-    """The bare ``LSTC`` module under DDP / ``torch.compile`` wrappers."""
-    while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
-        if inner is None:
-            return model
-        model = inner
 
 
 def model_device(model: Any) -> torch.device:

@@ -25,6 +25,9 @@ _QUIET_LOGGERS = {
 #: its file path, relative to the ray package here
 _QUIET_LOGGER_FILES = {"train/v2/_internal/execution/context.py": logging.WARNING}
 
+#: object store of a local instance started by init_ray (Ray takes 30% of RAM otherwise)
+LOCAL_OBJECT_STORE_BYTES = 1024**3
+
 WORKER_SETUP_HOOK = "pipelines.ray_setup.setup_worker"
 
 
@@ -46,3 +49,28 @@ def runtime_env() -> dict[str, object]:
         "worker_process_setup_hook": WORKER_SETUP_HOOK,
         "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
     }
+
+
+def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local instance with a capped
+    object store and at least ``min_cpus`` logical CPUs (training workers hold their CPUs for
+    the whole run, so Ray Data needs CPUs of its own beside them, or reading starves).
+    No-op when Ray is already initialised in this process."""
+    import math
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env())
+    else:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            log_to_driver=True,
+            runtime_env=runtime_env(),
+        )

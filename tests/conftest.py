@@ -77,8 +77,8 @@ def tiny_shards(ray_local, tmp_path_factory) -> Path:
     (target at index TINY_SHARDS_FRAMES // 2); masks at 72x96. Splits: "train", "test".
     Read it with data_prep.shards.read_samples(root, split) / read_clips / load_manifest.
     """
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, run_prep
-    from data_prep.shard_writer import ClipSpec
     from data_prep.synthetic import config_for, generate
 
     base = tmp_path_factory.mktemp("tiny_refer_shapes")

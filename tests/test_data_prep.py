@@ -20,12 +20,12 @@ from conftest import TINY_SHARDS_FRAMES, TINY_SHARDS_SIZE
 from data_fakes import make_a2d, make_custom, make_davis, make_jhmdb, make_ytvos
 from PIL import Image
 
+from data_prep.clipspec import ClipSpec
 from data_prep.decode import open_video
 from data_prep.masks import load_mask
 from data_prep.prep import PrepConfig, run_prep
 from data_prep.readers import get_reader
 from data_prep.samples import VideoRef
-from data_prep.shard_writer import ClipSpec
 from data_prep.shards import iter_clip_rows, iter_samples, load_manifest, read_samples
 from data_prep.synthetic import config_for, generate
 from pipelines.cli import main as cli_main

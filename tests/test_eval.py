@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import main as lstc_main
-from pipelines.tracking import metric_key
+from pipelines.mlops.tracking import metric_key
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_eval_registered_model_tags_version_and_writes_submission(
 ):
     from mlflow import MlflowClient
 
-    from pipelines.registry import register_checkpoint
+    from pipelines.mlops.registry import register_checkpoint
 
     ckpt, recipe, model, root, th = trained_checkpoint
     uri = f"sqlite:///{root}/mlflow.db"
@@ -212,9 +212,9 @@ def test_evaluate_drops_duplicate_samples_and_restores_train_mode(trained_checkp
 
 def test_parallel_eval_equals_in_process(trained_checkpoint, tiny_shards, ray_local):
     from pipelines.data import eval_batches
-    from pipelines.eval_cli import iter_eval_samples
+    from pipelines.eval.parallel import evaluate_parallel
+    from pipelines.eval.runner import iter_eval_samples
     from pipelines.inference import evaluate
-    from pipelines.parallel_eval import evaluate_parallel
 
     ckpt, recipe, model, root, th = trained_checkpoint
     # one actor (its start-up dominates on 2 cores), 2 clips per task: several states merged
@@ -246,8 +246,8 @@ def test_ytvos_valid_submission_layout(trained_checkpoint, ray_local, tmp_path):
     from data_fakes import H, W, make_ytvos
     from PIL import Image
 
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, run_prep
-    from data_prep.shard_writer import ClipSpec
 
     ckpt, recipe, model, root, th = trained_checkpoint
     make_ytvos(tmp_path / "ytvos")

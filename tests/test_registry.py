@@ -9,13 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.registry import (
+from pipelines.mlops.registry import (
     CHALLENGER,
     CHAMPION,
     TAG_METRIC,
     TAG_VALUE,
     current_champion,
-    decode_mask_png,
     get_version,
     is_better,
     load_pyfunc,
@@ -25,6 +24,7 @@ from pipelines.registry import (
     parse_model_uri,
     register_checkpoint,
 )
+from pipelines.mlops.serving import decode_mask_png
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +69,7 @@ def served_model(tiny_checkpoint):
 
 
 def _run(uri: str) -> str:
-    from pipelines.tracking import Tracker
+    from pipelines.mlops.tracking import Tracker
 
     tracker = Tracker.start({"tracking": {"uri": uri, "experiment": "reg"}}, system_metrics=False)
     tracker.end()
@@ -151,9 +151,10 @@ def test_pyfunc_matches_predict_masks_on_a_frame_folder(served_model, tmp_path):
     """The served mask equals `predict_masks` on the same clip collated by the eval path."""
     from PIL import Image
 
+    from data_prep.clipspec import read_clip
     from pipelines.data import collate, collate_kwargs
     from pipelines.inference import predict_masks
-    from pipelines.registry import ServingSpec, read_clip
+    from pipelines.mlops.serving import ServingSpec
 
     model_uri, recipe, model, uri = served_model
     rng = np.random.default_rng(1)
@@ -169,7 +170,7 @@ def test_pyfunc_matches_predict_masks_on_a_frame_folder(served_model, tmp_path):
     )
     served = decode_mask_png(out["mask_png"][0])
 
-    frames, t_idx, orig = read_clip(str(folder), 3, ServingSpec.from_shards(None))
+    frames, t_idx, orig = read_clip(str(folder), 3, ServingSpec.from_shards(None).clip)
     sample = {
         "clip": frames,
         "mask": None,

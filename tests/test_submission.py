@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.submission import (
+from pipelines.eval.submission import (
     SubmissionError,
     SubmissionWriter,
     expected_from_meta_expressions,

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from conftest import free_port
 
-from pipelines.tracking import Tracker, flatten, metric_key, resolve_tracking_uri
+from pipelines.mlops.tracking import Tracker, flatten, metric_key, resolve_tracking_uri
 
 pytestmark = pytest.mark.slow
 

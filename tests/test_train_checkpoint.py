@@ -18,7 +18,7 @@ from pipelines.checkpoint import (
     set_rng_state,
 )
 from pipelines.config import Recipe, load_recipe
-from pipelines.optim import build_optimizer, build_scheduler, lr_factor, param_groups
+from pipelines.train.optim import build_optimizer, build_scheduler, lr_factor, param_groups
 
 
 @pytest.fixture(scope="module")

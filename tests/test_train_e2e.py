@@ -64,7 +64,7 @@ def tiny_recipe(shards: Path, env: dict, name: str, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(ray_local, tiny_shards, train_env):
-    from pipelines.train import train
+    from pipelines.train.driver import train
 
     recipe = tiny_recipe(tiny_shards, train_env, "e2e")
     return recipe, train(recipe)
@@ -86,7 +86,7 @@ def val_metrics_of(recipe, model, split="test"):
 
 
 def epoch_starts(run_dir: Path) -> list[int]:
-    from pipelines.train_loop import read_events
+    from pipelines.train.loop import read_events
 
     return [e["epoch"] for e in read_events(run_dir) if e["event"] == "epoch_start"]
 
@@ -118,7 +118,7 @@ def test_run_finishes_with_best_and_last_checkpoints(trained):
 
 def test_metrics_improve_over_untrained_model(trained):
     from lstc.model import build_model
-    from pipelines.train_loop import seed_everything
+    from pipelines.train.loop import seed_everything
 
     recipe, result = trained
     seed_everything(recipe.train.seed)
@@ -160,7 +160,7 @@ def test_best_checkpoint_registered_as_champion(trained, train_env):
 
 def test_lstc_eval_reproduces_logged_validation_metrics(trained, train_env, tmp_path):
     from pipelines.cli import main
-    from pipelines.tracking import metric_key
+    from pipelines.mlops.tracking import metric_key
 
     recipe, result = trained
     out = tmp_path / "eval.json"
@@ -193,8 +193,8 @@ def test_worker_failure_resumes_from_checkpoint_and_matches(trained, tiny_shards
     outage only warns."""
     from conftest import free_port
 
-    from pipelines.train import train
-    from pipelines.train_loop import FAULT_MARKER
+    from pipelines.train.driver import train
+    from pipelines.train.loop import FAULT_MARKER
 
     _, reference = trained
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there: tracking is down
@@ -229,8 +229,8 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, log: Path, timeo
 
 
 def test_killed_driver_resumes_same_run(trained, ray_local, tiny_shards, train_env):
-    from pipelines.train import RUN_ID_FILE, run_dir_of, train
-    from pipelines.train_loop import read_events
+    from pipelines.train.driver import RUN_ID_FILE, run_dir_of, train
+    from pipelines.train.loop import read_events
 
     _, reference = trained
     name = "restart"

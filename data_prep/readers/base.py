@@ -1,7 +1,8 @@
 """Reader base class and the registry of benchmark readers.
 
 A reader is a class registered under a dataset name with :func:`register_reader`; the prep
-job looks it up with :func:`get_reader` (no ``if dataset == ...`` chains anywhere).
+job looks it up with :func:`data_prep.readers.get_reader` (no ``if dataset == ...`` chains
+anywhere). This module never imports the concrete readers: the package does.
 """
 
 from __future__ import annotations
@@ -42,41 +43,20 @@ class IndexUnit:
 
 _R = TypeVar("_R", bound=type["Reader"])
 
-_REGISTRY: dict[str, type[Reader]] = {}
+#: dataset name -> reader class, filled by @register_reader (see data_prep.readers)
+REGISTRY: dict[str, type[Reader]] = {}
 
 
 def register_reader(name: str) -> Callable[[_R], _R]:
     """Class decorator: make a reader available as ``--dataset <name>``."""
 
     def deco(cls: _R) -> _R:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        if name in REGISTRY and REGISTRY[name] is not cls:
             raise ValueError(f"reader {name!r} registered twice")
-        _REGISTRY[name] = cls
+        REGISTRY[name] = cls
         return cls
 
     return deco
-
-
-def available_readers() -> list[str]:
-    _import_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_reader(name: str, root: str | os.PathLike[str]) -> Reader:
-    """An instance of the reader registered as ``name``, checked against ``root``."""
-    _import_builtin()
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}; known: {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return cls(root, dataset=name)
-
-
-def _import_builtin() -> None:
-    # Importing the modules runs their @register_reader decorators.
-    from data_prep.readers import a2d, custom, davis, jhmdb, ytvos  # noqa: F401
 
 
 class Reader(ABC):

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 # (module, attribute) of each stage's register function, in the order shown by --help.
 STAGES: tuple[str, ...] = (
-    "data_prep.synthetic_cli",  # lstc synth
-    "data_prep.prep_cli",  # lstc prep
-    "pipelines.train_cli",  # lstc train
-    "pipelines.eval_cli",  # lstc eval
-    "pipelines.demo",  # lstc demo
+    "pipelines.cli.synth",  # lstc synth
+    "pipelines.cli.prep",  # lstc prep
+    "pipelines.cli.train",  # lstc train
+    "pipelines.cli.eval",  # lstc eval
+    "pipelines.cli.demo",  # lstc demo
 )
 
 
@@ -30,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in STAGES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # stage not built yet
-            if exc.name == name:
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -62,9 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from data_prep.clipspec import ClipSpec
     from data_prep.prep import PrepConfig, run_prep
     from data_prep.samples import DatasetRootError
-    from data_prep.shard_writer import ClipSpec
 
     cfg = PrepConfig(
         dataset=args.dataset,

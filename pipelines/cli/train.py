@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         return 0
 
-    from pipelines.train import train
+    from pipelines.train.driver import train
 
     result = train(recipe, register=False if args.no_register else None)
     best = result.best_metrics

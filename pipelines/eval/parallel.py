@@ -34,7 +34,7 @@ class _Scorer:
         threshold: float,
         keep_masks: bool,
     ) -> None:
-        from pipelines.eval_cli import load_model
+        from pipelines.eval.loading import load_model
 
         self.model, self.recipe, _ = load_model(model_spec, tracking_uri)
         self.model.eval()

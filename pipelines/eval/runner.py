@@ -1,4 +1,4 @@
-"""``lstc eval``: score a registered model or a checkpoint on prepared shards.
+"""Evaluation runner behind ``lstc eval``: score a registered model or a checkpoint on prepared shards.
 
     lstc eval --model models:/<name>@champion --data <shards root> [--split test]
     lstc eval --model outputs/.../checkpoint_best --data <shards> --submission out.zip
@@ -16,107 +16,41 @@ Heavy imports (torch, mlflow, ray) happen inside :func:`run` so ``lstc --help`` 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lstc.metrics import METRIC_NAMES
+from pipelines.eval.loading import EvalError, load_model
 
 #: rows of the printed table, in order
 TABLE_KEYS = METRIC_NAMES
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-        "  lstc eval --model models:/lstc-refer-shapes-tiny@champion --data data/refer_shapes/shards\n"
-        "  lstc eval --model outputs/ckpt --data data/ytvos/shards --split valid --submission sub.zip",
-    )
-    p.add_argument(
-        "--model",
-        required=True,
-        help="models:/<name>@<alias>, models:/<name>/<version> or a checkpoint dir",
-    )
-    p.add_argument("--data", required=True, help="shard root written by `lstc prep`")
-    p.add_argument(
-        "--split", default=None, help="split to evaluate (default: the recipe's val split)"
-    )
-    p.add_argument(
-        "--submission", default=None, metavar="ZIP", help="write a Ref-YouTube-VOS submission zip"
-    )
-    p.add_argument(
-        "--meta-expressions",
-        default=None,
-        metavar="JSON",
-        help="validate the submission against this meta_expressions.json (videos of the split only)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="eval batch size (default: recipe data.eval_batch_size)",
-    )
-    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on sigmoid(logits)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N clips")
-    p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
-    p.add_argument(
-        "--num-workers",
-        type=int,
-        default=1,
-        help=">1: evaluate clips in parallel with a Ray Data actor pool",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default: env / recipe / ./mlflow.db)",
-    )
-    p.add_argument("--experiment", default=None, help="MLflow experiment (default: the recipe's)")
-    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument(
-        "--output", default=None, metavar="JSON", help="also write the metrics to this JSON file"
-    )
-    p.set_defaults(func=run)
+@dataclass(frozen=True, kw_only=True)
+class EvalOptions:
+    """What ``lstc eval`` scores and where the results go (one field per command-line flag)."""
 
-
-# --------------------------------------------------------------------------- model loading
-
-
-def load_model(spec: str, tracking_uri: str | None) -> tuple[Any, Any, dict[str, str]]:
-    """``(model, recipe, tags)`` of a ``models:/`` URI or a checkpoint directory."""
-    from pipelines.checkpoint import is_checkpoint, load_model_from_checkpoint
-
-    if spec.startswith("models:/"):
-        from pipelines.registry import get_version, load_registered, parse_model_uri
-
-        name, alias, _ = parse_model_uri(spec)
-        mv = get_version(spec, tracking_uri=tracking_uri)
-        model, recipe = load_registered(f"models:/{name}/{mv.version}", tracking_uri=tracking_uri)
-        tags = {
-            "model_uri": spec,
-            "model_name": name,
-            "model_version": str(mv.version),
-            "model_alias": alias or "",
-            "model_source_run_id": str(mv.run_id or ""),
-        }
-        return model, recipe, tags
-    path = Path(spec)
-    if not is_checkpoint(path):
-        raise SystemExit(
-            f"lstc eval: --model {spec!r} is neither a models:/<name>@<alias> URI nor a "
-            "checkpoint directory (model.pt + recipe.yaml)"
-        )
-    model, recipe = load_model_from_checkpoint(path)
-    return model, recipe, {"model_uri": str(path.resolve()), "checkpoint": str(path.resolve())}
+    model: str  # models:/<name>@<alias>, models:/<name>/<version> or a checkpoint dir
+    data: str  # shard root written by `lstc prep`
+    split: str | None = None  # default: the recipe's val split
+    submission: str | None = None  # Ref-YouTube-VOS submission zip to write
+    meta_expressions: str | None = None  # validate the submission against this json
+    batch_size: int | None = None  # default: recipe data.eval_batch_size
+    threshold: float = 0.5
+    limit: int | None = None  # first N clips only
+    device: str | None = None  # cpu | cuda (default: cuda when available)
+    num_workers: int = 1  # >1: Ray Data actor pool
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    no_tracking: bool = False
+    output: str | None = None  # also write the metrics to this JSON file
 
 
 # --------------------------------------------------------------------------- data
@@ -188,16 +122,17 @@ def _default_split(root: str, recipe: Any, requested: str | None) -> str:
     if split not in splits:
         if requested is None and len(splits) == 1:
             return splits[0]
-        raise SystemExit(f"lstc eval: split {split!r} is not in {root} (splits there: {splits})")
+        raise EvalError(f"split {split!r} is not in {root} (splits there: {splits})")
     return split
 
 
-def run(args: argparse.Namespace) -> int:
+def run_eval(args: EvalOptions) -> dict[str, float]:
+    """Score ``args.model`` on ``args.data``; prints the table, logs an MLflow run, returns the metrics."""
     import torch
 
     from pipelines.data import eval_batches
     from pipelines.inference import evaluate, parse_meta, summarize
-    from pipelines.tracking import resolve_tracking_uri
+    from pipelines.mlops.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     model, recipe, tags = load_model(args.model, uri)
@@ -209,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     writer = None
     sub_dir = None
     if args.submission:
-        from pipelines.submission import SubmissionWriter
+        from pipelines.eval.submission import SubmissionWriter
 
         out_dir = Path(args.submission).resolve().parent
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -224,15 +159,15 @@ def run(args: argparse.Namespace) -> int:
             # per object only, so the object id is prefixed to keep one folder per expression
             exp_id = meta.get("exp_id") or f"{batch['object_id'][i]}_{batch['expression_id'][i]}"
             if frame is None:
-                raise SystemExit(
-                    f"lstc eval --submission: sample {batch['key'][i]} has no frame_name meta; "
+                raise EvalError(
+                    f"--submission: sample {batch['key'][i]} has no frame_name meta; "
                     "only Ref-YouTube-VOS-style shards can be turned into a submission"
                 )
             writer.add(batch["video_id"][i], exp_id, frame, pred.mask)
 
     t0 = time.perf_counter()
     if args.num_workers > 1:
-        from pipelines.parallel_eval import evaluate_parallel
+        from pipelines.eval.parallel import evaluate_parallel
 
         metrics_acc = evaluate_parallel(
             args.model,
@@ -261,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
 
     zip_path = None
     if writer is not None:
-        from pipelines.submission import expected_from_meta_expressions, zip_submission
+        from pipelines.eval.submission import expected_from_meta_expressions, zip_submission
 
         expected = writer.expected
         if args.meta_expressions:
@@ -285,11 +220,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.no_tracking:
         _log_eval_run(args, recipe, tags, uri, root, split, results, seconds, zip_path)
-    return 0
+    return results
 
 
 def _log_eval_run(
-    args: argparse.Namespace,
+    args: EvalOptions,
     recipe: Any,
     tags: dict[str, str],
     uri: str,
@@ -299,7 +234,7 @@ def _log_eval_run(
     seconds: float,
     zip_path: Path | None,
 ) -> None:
-    from pipelines.tracking import Tracker
+    from pipelines.mlops.tracking import Tracker
 
     manifest_hash = ""
     try:

@@ -13,12 +13,7 @@
    metric cannot be compared and is replaced. A NaN/missing value never becomes champion
    unless there is no champion yet.
 
-The pyfunc (:class:`LSTCPyfunc`) takes a DataFrame with columns ``video`` (a video file, a
-folder of frame images, or the name of a bundled example), ``expression`` and optional
-``target_frame`` (0-based; default: the middle frame) and returns ``mask_png`` (PNG bytes,
-0/255 at the original size), ``height``, ``width``, ``score``, ``area``. Clips are cut like
-``lstc prep`` cut them for training (the shards' clip spec is stored in ``serving.json``) and
-collated by ``pipelines.data.collate`` (no augmentation), so serving sees what eval sees.
+The logged model is the pyfunc of :mod:`pipelines.mlops.serving`.
 
 :func:`load_registered` returns the bare ``(LSTC, Recipe)`` of ``models:/<name>@<alias>`` (or
 ``models:/<name>/<version>``); :func:`load_pyfunc` the DataFrame interface.
@@ -30,31 +25,35 @@ later ``set_registered_model_alias`` wins. Sweeps should register from one drive
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
-from pipelines.tracking import metric_key, resolve_tracking_uri
+from pipelines.mlops.serving import (
+    ARTIFACT_CHECKPOINT,
+    ARTIFACT_SERVING,
+    EXAMPLE_VIDEO,
+    PYFUNC_CODE,
+    SERVING_FILE,
+    ServingSpec,
+    model_signature,
+    write_example_video,
+)
+from pipelines.mlops.tracking import metric_key, resolve_tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TAG_METRIC = "selection_metric"
 TAG_VALUE = "selection_value"
 TAG_MODE = "selection_mode"
-ARTIFACT_CHECKPOINT = "checkpoint"
-ARTIFACT_SERVING = "serving"
-EXAMPLE_VIDEO = "example"
 MODEL_NAME_IN_RUN = "model"
 
 #: distributions the pyfunc needs at serving time (pinned to the installed versions)
@@ -183,204 +182,6 @@ def current_champion(name: str, *, tracking_uri: str | None = None) -> Any | Non
         return None
 
 
-# ----------------------------------------------------------------------------- serving
-
-
-@dataclass(frozen=True)
-class ServingSpec:
-    """How a served clip is cut (the shards' clip spec) and thresholded."""
-
-    num_frames: int = 8
-    stride: int = 2
-    height: int = 320
-    width: int = 320
-    threshold: float = 0.5
-
-    @classmethod
-    def from_shards(cls, root: str | os.PathLike | None) -> ServingSpec:
-        """The clip spec in ``<root>/manifest.json`` (defaults of ``lstc prep`` when absent)."""
-        if root:
-            try:
-                manifest = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
-                clip = manifest["config"]["clip"]
-                return cls(
-                    num_frames=int(clip["num_frames"]),
-                    stride=int(clip["stride"]),
-                    height=int(clip["height"]),
-                    width=int(clip["width"]),
-                )
-            except (OSError, KeyError, TypeError, ValueError):
-                pass
-        try:
-            from data_prep.shard_writer import ClipSpec
-
-            d = ClipSpec()
-            return cls(num_frames=d.num_frames, stride=d.stride, height=d.height, width=d.width)
-        except ImportError:
-            return cls()
-
-
-def _write_example_video(
-    folder: Path, num_frames: int = 10, size: tuple[int, int] = (48, 64)
-) -> None:
-    """A tiny clip (a red square moving right on grey) as a folder of PNG frames."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    h, w = size
-    for t in range(num_frames):
-        frame = np.full((h, w, 3), 96, np.uint8)
-        x = 4 + 3 * t
-        frame[16:32, x : x + 16] = (220, 30, 30)
-        Image.fromarray(frame).save(folder / f"{t:05d}.png")
-
-
-def _image_files(folder: Path) -> list[str]:
-    exts = {".jpg", ".jpeg", ".png", ".bmp"}
-    files = [p for p in folder.iterdir() if p.suffix.lower() in exts]
-
-    def natural(p: Path) -> tuple[Any, ...]:
-        import re
-
-        return tuple(int(s) if s.isdigit() else s for s in re.split(r"(\d+)", p.name))
-
-    return [str(p) for p in sorted(files, key=natural)]
-
-
-def read_clip(
-    video: str, target_frame: int | None, spec: ServingSpec
-) -> tuple[np.ndarray, int, tuple[int, int]]:
-    """``(frames uint8 [T,h,w,3] at the prep size, target index in them, original (H, W))``."""
-    from data_prep.decode import open_video
-    from data_prep.samples import VideoRef
-    from data_prep.schema import clip_frame_indices
-    from data_prep.shard_writer import ClipSpec, resize_frame
-
-    path = Path(video)
-    if path.is_dir():
-        files = _image_files(path)
-        if not files:
-            raise ValueError(f"video folder {path} holds no frame images")
-        ref = VideoRef(kind="frames", path=str(path), frames=tuple(files))
-    elif path.is_file():
-        ref = VideoRef(kind="mp4", path=str(path))
-    else:
-        raise FileNotFoundError(f"video {video!r} is neither a video file nor a frame folder")
-    src = open_video(ref)
-    n = src.num_frames
-    t = n // 2 if target_frame is None else int(target_frame)
-    if not 0 <= t < n:
-        raise ValueError(f"target_frame {t} is outside the {n} frames of {video}")
-    idx, t_idx = clip_frame_indices(t, n, spec.num_frames, spec.stride)
-    frames = src.get(idx)
-    orig = (int(frames.shape[1]), int(frames.shape[2]))
-    # The same resize as ``lstc prep`` (OpenCV INTER_AREA), so served inputs match training.
-    clip_spec = ClipSpec(
-        num_frames=spec.num_frames, stride=spec.stride, height=spec.height, width=spec.width
-    )
-    resized = np.stack([resize_frame(f, clip_spec) for f in frames])
-    return resized, t_idx, orig
-
-
-def _png_bytes(mask: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
-class LSTCPyfunc(mlflow.pyfunc.PythonModel):
-    """Referring segmentation of one frame per row: (video, expression[, target_frame])."""
-
-    def load_context(self, context):
-        from pipelines.checkpoint import load_model_from_checkpoint
-
-        self.artifacts = dict(context.artifacts)
-        self.model, self.recipe = load_model_from_checkpoint(self.artifacts[ARTIFACT_CHECKPOINT])
-        serving = Path(self.artifacts[ARTIFACT_SERVING])
-        self.spec = ServingSpec(**json.loads((serving / "serving.json").read_text()))
-        self.examples = {EXAMPLE_VIDEO: str(serving / EXAMPLE_VIDEO)}
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from pipelines.data import collate, collate_kwargs
-        from pipelines.inference import predict
-
-        kw = collate_kwargs(self.recipe)
-        kw.pop("augment", None)
-        rows = []
-        for i, rec in enumerate(pd.DataFrame(model_input).to_dict("records")):
-            video = self.examples.get(str(rec["video"]), str(rec["video"]))
-            tf = rec.get("target_frame")
-            tf = None if tf is None or (isinstance(tf, float) and math.isnan(tf)) else int(tf)
-            frames, t_idx, orig = read_clip(video, tf, self.spec)
-            sample = {
-                "clip": frames,
-                "mask": None,
-                "text": str(rec["expression"]),
-                "video_id": str(rec["video"]),
-                "clip_id": f"row{i}",
-                "object_id": "0",
-                "expression_id": "0",
-                "target_index": t_idx,
-                "orig_size": orig,
-                "meta": "",
-            }
-            batch = collate([sample], train=False, **kw)
-            pred = predict(self.model, batch, threshold=self.spec.threshold)[0]
-            rows.append(
-                {
-                    "mask_png": _png_bytes(pred.mask),
-                    "height": int(orig[0]),
-                    "width": int(orig[1]),
-                    "score": float(pred.score),
-                    "area": int(pred.mask.sum()),
-                }
-            )
-        return pd.DataFrame(rows, columns=["mask_png", "height", "width", "score", "area"])
-
-
-#: "models from code" entry point logged with the model (no pickled Python object)
-PYFUNC_CODE = """\
-import mlflow.models
-
-from pipelines.registry import LSTCPyfunc
-
-mlflow.models.set_model(LSTCPyfunc())
-"""
-
-
-def _signature() -> Any:
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import ColSpec, Schema
-
-    inputs = Schema(
-        [
-            ColSpec("string", "video"),
-            ColSpec("string", "expression"),
-            ColSpec("long", "target_frame", required=False),
-        ]
-    )
-    outputs = Schema(
-        [
-            ColSpec("binary", "mask_png"),
-            ColSpec("long", "height"),
-            ColSpec("long", "width"),
-            ColSpec("double", "score"),
-            ColSpec("long", "area"),
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def decode_mask_png(data: bytes) -> np.ndarray:
-    """A ``mask_png`` cell of the pyfunc output as a bool ``[H, W]`` array."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im) > 0
-
-
 # ----------------------------------------------------------------------------- register / load
 
 
@@ -396,11 +197,10 @@ def register_checkpoint(
     """Log + register the checkpoint; alias it ``champion`` or ``challenger``.
 
     Returns ``(version, alias)``. ``tracking_uri`` defaults to the recipe's (env wins, see
-    :func:`pipelines.tracking.resolve_tracking_uri`). Raises :class:`RegistryError` when the
+    :func:`pipelines.mlops.tracking.resolve_tracking_uri`). Raises :class:`RegistryError` when the
     store cannot be reached (the caller decides whether that fails the run).
     """
     import mlflow
-    import pandas as pd
     from mlflow.models import Model
 
     ckpt = Path(checkpoint_dir)
@@ -414,12 +214,11 @@ def register_checkpoint(
 
     staging = Path(tempfile.mkdtemp(prefix="lstc-serving-"))
     try:
-        spec = ServingSpec.from_shards(recipe.data.root)
-        spec = ServingSpec(**{**spec.__dict__, "threshold": float(threshold)})
+        spec = ServingSpec.from_shards(recipe.data.root, threshold=float(threshold))
         serving = staging / ARTIFACT_SERVING
         serving.mkdir()
-        (serving / "serving.json").write_text(json.dumps(spec.__dict__, indent=1))
-        _write_example_video(serving / EXAMPLE_VIDEO)
+        (serving / SERVING_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
+        write_example_video(serving / EXAMPLE_VIDEO)
         code_file = staging / "lstc_pyfunc.py"
         code_file.write_text(PYFUNC_CODE)
         example = pd.DataFrame(
@@ -438,7 +237,7 @@ def register_checkpoint(
                     run_id=run_id,
                     python_model=str(code_file),
                     artifacts={ARTIFACT_CHECKPOINT: str(ckpt), ARTIFACT_SERVING: str(serving)},
-                    signature=_signature(),
+                    signature=model_signature(),
                     input_example=example,
                     pip_requirements=pip_requirements(),
                     flavor_name="pyfunc.CustomPythonModel",
@@ -526,7 +325,6 @@ def load_registered(
 
 def load_pyfunc(model_uri: str, *, tracking_uri: str | None = None) -> Any:
     """The MLflow pyfunc (DataFrame in, masks out) of a registered model."""
-    import mlflow.pyfunc
 
     with mlflow_uri(resolve_tracking_uri(tracking_uri)):
         return mlflow.pyfunc.load_model(model_uri)

@@ -1,6 +1,6 @@
 """The training driver: ``lstc train --config configs/<recipe>.yaml [key=value ...]``.
 
-Runs a Ray Train V2 ``TorchTrainer`` (worker function in :mod:`pipelines.train_loop`) and owns
+Runs a Ray Train V2 ``TorchTrainer`` (worker function in :mod:`pipelines.train.loop`) and owns
 the run's bookkeeping:
 
 * **Run directory** ``<train.storage_path>/<train.run_name>/`` is Ray Train's own experiment
@@ -15,7 +15,7 @@ the run's bookkeeping:
   recipe as params, the resolved recipe as artifact and tags (git commit, dataset manifest
   hash, recipe hash, Ray cluster resources, number of workers); rank 0 logs step/epoch metrics,
   overlays and curves into it; the driver registers the best checkpoint at the end
-  (``pipelines.registry.register_checkpoint``). Tracking failures never stop training.
+  (``pipelines.mlops.registry.register_checkpoint``). Tracking failures never stop training.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 RUN_ID_FILE = "mlflow_run_id"
 SUMMARY_FILE = "summary.json"
-LOCAL_OBJECT_STORE_BYTES = 1024**3
 
 
 @dataclass
@@ -63,32 +62,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
-    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local instance with a capped
-    object store and at least ``min_cpus`` logical CPUs (training workers hold their CPUs for
-    the whole run, so Ray Data needs CPUs of its own beside them, or reading starves).
-    No-op when Ray is already initialised in this process."""
-    import math
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    from pipelines.ray_setup import runtime_env
-
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env())
-    else:
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
-            include_dashboard=False,
-            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-            log_to_driver=True,
-            runtime_env=runtime_env(),
-        )
 
 
 def run_dir_of(recipe: Recipe) -> Path:
@@ -131,7 +104,7 @@ def _steps_per_epoch(recipe: Recipe) -> tuple[int, int]:
 
 
 def _selection_key(recipe: Recipe) -> str:
-    from pipelines.tracking import metric_key
+    from pipelines.mlops.tracking import metric_key
 
     return f"val/{metric_key(recipe.registry.selection_metric)}"
 
@@ -180,8 +153,9 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from pipelines.data import build_train_dataset, build_val_clips
-    from pipelines.tracking import Tracker, resolve_tracking_uri
-    from pipelines.train_loop import append_event, train_loop_per_worker
+    from pipelines.mlops.tracking import Tracker, resolve_tracking_uri
+    from pipelines.ray_setup import init_ray
+    from pipelines.train.loop import append_event, train_loop_per_worker
 
     tr = recipe.train
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
@@ -316,7 +290,7 @@ def _finish(
 def _register(recipe: Recipe, out: TrainResult, run_id: str) -> tuple[str, str] | None:
     """Register the best checkpoint; a registry failure warns (the checkpoint stays on disk)."""
     try:
-        from pipelines.registry import register_checkpoint
+        from pipelines.mlops.registry import register_checkpoint
 
         version, alias = register_checkpoint(
             out.best_checkpoint, recipe=recipe, run_id=run_id, metrics=out.best_metrics
@@ -332,4 +306,4 @@ def _register(recipe: Recipe, out: TrainResult, run_id: str) -> tuple[str, str] 
     return str(version), str(alias)
 
 
-__all__ = ["RUN_ID_FILE", "TrainResult", "init_ray", "run_dir_of", "train"]
+__all__ = ["RUN_ID_FILE", "TrainResult", "run_dir_of", "train"]

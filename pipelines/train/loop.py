@@ -269,7 +269,7 @@ def _autocast(device: Any, enabled: bool) -> Any:
 
 
 def train_loop_per_worker(config: Mapping[str, Any]) -> None:
-    """Ray Train worker entry point (``config`` built by ``pipelines.train``)."""
+    """Ray Train worker entry point (``config`` built by ``pipelines.train.driver``)."""
     import ray.train
     import ray.train.torch
     import torch
@@ -281,12 +281,12 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         load_train_state,
         save_checkpoint,
         set_rng_state,
+        unwrap,
     )
     from pipelines.config import Recipe
     from pipelines.data import epoch_seed, select_val_rows
-    from pipelines.inference import unwrap
-    from pipelines.optim import build_optimizer, build_scheduler
-    from pipelines.tracking import Tracker, metric_key
+    from pipelines.mlops.tracking import Tracker, metric_key
+    from pipelines.train.optim import build_optimizer, build_scheduler
 
     recipe = Recipe.from_dict(config["recipe"])
     run_dir = config.get("run_dir")
