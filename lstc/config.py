@@ -1,24 +1,49 @@
-"""Configuration dataclasses of the LSTC network and its loss.
+"""Configuration of the LSTC network and its loss: frozen pydantic models.
 
 `ModelConfig` holds every architectural choice, including the ablation switches
-(`streams`, `cmam`, `lasp`, `fusion`); `LossConfig` the deep-supervision loss. Both are plain
-dataclasses with `to_dict` / `from_dict` so that YAML recipes, MLflow params and checkpoints
-can carry them; `from_dict` rejects unknown keys and bad values with a message that names them.
+(`streams`, `cmam`, `lasp`, `fusion`); `LossConfig` the deep-supervision loss. Both validate on
+construction (unknown keys, wrong types, out-of-range values, cross checks) and raise
+:class:`ConfigError` with one message naming the key, the bad value and what is allowed.
+`to_dict` / `from_dict` carry them through YAML recipes, MLflow params and checkpoints.
+
+Validation is pydantic's strict mode (``true`` is not ``1``, ``"8"`` is not ``8``) with two
+conveniences for YAML input: ints are accepted where floats are expected, and lists where
+tuples are expected. YAML 1.1 reads ``lasp: off`` as the bool False; the on/off switch maps
+bools to ``"on"``/``"off"``. :class:`FrozenConfig` and :func:`describe_error` are the shared
+base and error formatter that ``pipelines.config`` builds the training recipe on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
-SPATIAL_BACKBONES = ("resnet18", "resnet50", "resnet101", "tiny")
-TEMPORAL_BACKBONES = ("s3d", "r2plus1d_18", "tiny")
-STREAMS = ("both", "spatial", "temporal")
-CMAM_MODES = ("none", "cmam", "cmam_plus")
-LASP_MODES = ("on", "off")
-FUSIONS = ("concat", "sum", "gated")
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    ValidationError,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+SpatialBackbone = Literal["resnet18", "resnet50", "resnet101", "tiny"]
+TemporalBackbone = Literal["s3d", "r2plus1d_18", "tiny"]
+Streams = Literal["both", "spatial", "temporal"]
+CmamMode = Literal["none", "cmam", "cmam_plus"]
+OnOff = Literal["on", "off"]
+Fusion = Literal["concat", "sum", "gated"]
+
+SPATIAL_BACKBONES: tuple[str, ...] = get_args(SpatialBackbone)
+TEMPORAL_BACKBONES: tuple[str, ...] = get_args(TemporalBackbone)
+STREAMS: tuple[str, ...] = get_args(Streams)
+CMAM_MODES: tuple[str, ...] = get_args(CmamMode)
+LASP_MODES: tuple[str, ...] = get_args(OnOff)
+FUSIONS: tuple[str, ...] = get_args(Fusion)
 
 NUM_STAGES = 5
 
@@ -27,52 +52,205 @@ class ConfigError(ValueError):
     """A configuration key or value is not valid (the message names it)."""
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {list(choices)}")
+# --------------------------------------------------------------------- shared machinery
 
 
-def _coerce(name: str, value: Any, template: Any) -> Any:
-    """Coerce YAML/JSON values (lists, ints) to the type of the dataclass default."""
-    if isinstance(template, tuple):
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{name}={value!r} must be a list")
-        return tuple(value)
-    if isinstance(template, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}={value!r} must be true or false")
-        return value
-    if isinstance(template, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}={value!r} must be an integer")
-        return value
-    if isinstance(template, float):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{name}={value!r} must be a number")
-        return float(value)
-    if name.endswith("_weights") and value is None:  # weight specs: None = random init
-        return value
-    if isinstance(template, str) or name.endswith("_weights"):
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}={value!r} must be a string")
+def invalid(key: str, value: Any, why: str) -> PydanticCustomError:
+    """The error a cross-check validator raises: ``key`` is dotted, relative to the model."""
+    return PydanticCustomError("invalid", "{why}", {"key": key, "value": value, "why": why})
+
+
+def _list_to_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+LIST_AS_TUPLE = BeforeValidator(_list_to_tuple)
+"""Annotated metadata for tuple fields: YAML/JSON lists become tuples (strict mode wants tuples)."""
+
+
+def _model_type(annotation: Any) -> type[FrozenConfig] | None:
+    ok = isinstance(annotation, type) and issubclass(annotation, FrozenConfig)
+    return annotation if ok else None
+
+
+class FrozenConfig(BaseModel):
+    """Base of every config section: frozen, strict, no unknown keys, finite floats.
+
+    Constructing one (``Section(**values)``) raises :class:`ConfigError`; a ``null`` nested
+    section means its defaults (an empty YAML section reads as ``null``).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
+        protected_namespaces=(),
+    )
+    input_only_keys: ClassVar[tuple[str, ...]] = ()  # accepted by validation, not fields
+    error_type: ClassVar[type[ConfigError]] = ConfigError  # what construction raises
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise self.error_type(describe_error(exc, type(self), data)[1]) from None
+
+    # Pydantic's own marker (RootModel sets it too): validation of nested sections and
+    # model_validate keep pydantic's path and never call this wrapper, so their errors keep
+    # their full location; only direct construction converts the error.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_sections_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            fields = cls.model_fields
+            return {
+                k: v
+                for k, v in data.items()
+                if not (v is None and k in fields and _model_type(fields[k].annotation))
+            }
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Validate a plain mapping (as read from YAML/JSON); ConfigError names the bad key."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise cls.error_type(describe_error(exc, cls, data)[1]) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, lists for tuples; ``from_dict(to_dict())`` round-trips."""
+        return self.model_dump(mode="json")
+
+
+def _walk(root: type[FrozenConfig], loc: tuple[Any, ...]) -> tuple[list[str], Any]:
+    """The dotted path of field names in `loc` (stops at list indices) and the last FieldInfo."""
+    path: list[str] = []
+    owner: type[FrozenConfig] | None = root
+    info = None
+    for part in loc:
+        if not isinstance(part, str) or owner is None:
+            break
+        path.append(part)
+        info = owner.model_fields.get(part)
+        owner = _model_type(info.annotation) if info is not None else None
+    return path, info
+
+
+def _lookup(data: Any, path: list[str], default: Any) -> Any:
+    for part in path:
+        if not isinstance(data, Mapping) or part not in data:
+            return default
+        data = data[part]
+    return data
+
+
+def _num(x: Any) -> str:
+    return format(x, "g") if isinstance(x, float) else str(x)
+
+
+_EXPECTED = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected text",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "model_type": "expected a mapping",
+    "dict_type": "expected a mapping",
+    "model_attributes_type": "expected a mapping",
+    "finite_number": "expected a finite number",
+}
+_BOUNDS = {
+    "greater_than": ("gt", ">"),
+    "greater_than_equal": ("ge", ">="),
+    "less_than": ("lt", "<"),
+    "less_than_equal": ("le", "<="),
+}
+
+
+def describe_reason(err: Mapping[str, Any], info: FieldInfo | None) -> str:
+    """Why one pydantic error (an item of ``ValidationError.errors()``) rejected a value of the
+    field `info` (None when unknown): ``must be > 0``, ``choose one of [...]``, ``expected text``."""
+    ctx = err.get("ctx") or {}
+    kind = err["type"]
+    if kind == "invalid":
+        return str(ctx["why"])
+    if kind == "literal_error" and info is not None and get_args(info.annotation):
+        return f"choose one of {list(get_args(info.annotation))}"
+    if kind in _BOUNDS:
+        name, op = _BOUNDS[kind]
+        return f"must be {op} {_num(ctx[name])}"
+    if kind in ("missing", "too_short", "too_long") and info is not None:
+        n = len(get_args(info.annotation))
+        return f"expected a list of {n} values" if n else str(err["msg"])
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx['pattern']}"
+    return _EXPECTED.get(kind, str(err["msg"]))
+
+
+def describe_error(
+    exc: ValidationError, root: type[FrozenConfig], data: Any = None
+) -> tuple[str, str]:
+    """The first error of `exc` as ``(dotted key, one-line message)``.
+
+    Messages read ``optim.lr=-1 is not valid: must be > 0``, ``cmam='foo' is not valid: choose
+    one of ['none', 'cmam', 'cmam_plus']`` or ``unknown key 'optim.lrr'; valid keys of optim are
+    [...]``. `data` is the validated input; it supplies whole values for errors inside lists.
+    """
+    errors = exc.errors(include_url=False)
+    err = errors[0]
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    more = more if len(errors) > 1 else ""
+    path, info = _walk(root, tuple(err["loc"]))
+    value = _lookup(data, path, err.get("input"))
+    if err["type"] == "invalid":  # a cross check names its key, relative to the model
+        ctx = err.get("ctx") or {}
+        path, value = path + str(ctx["key"]).split("."), ctx["value"]
+    elif err["type"] == "extra_forbidden":
+        parent = path[:-1]
+        owner = _walk(root, tuple(parent))[1]
+        owner_cls = _model_type(owner.annotation) if owner is not None else root
+        valid = sorted([*owner_cls.model_fields, *owner_cls.input_only_keys])
+        where = f" of {'.'.join(parent)}" if parent else ""
+        key = ".".join(path)
+        return key, f"unknown key {key!r}; valid keys{where} are {valid}{more}"
+    key = ".".join(path)
+    return key, f"{key}={value!r} is not valid: {describe_reason(err, info)}{more}"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads ``on``/``off`` as bools: map them back to the switch's words."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return value
 
 
-def _from_dict(cls: type, data: Mapping[str, Any], base: Any) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown {cls.__name__} key(s) {unknown}; valid keys are {sorted(names)}"
-        )
-    values = {k: _coerce(k, v, getattr(base, k)) for k, v in data.items()}
-    return dataclasses.replace(base, **values)
+def _multiples_of_32(size: tuple[int, int]) -> tuple[int, int]:
+    if any(s <= 0 or s % 32 for s in size):
+        raise ValueError("must be two positive multiples of 32 (H, W)")
+    return size
 
 
-@dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+def _stage_widths(dims: tuple[int, ...]) -> tuple[int, ...]:
+    if len(dims) != NUM_STAGES or any(d <= 0 for d in dims):
+        raise ValueError(f"must be {NUM_STAGES} positive widths, deepest first")
+    return dims
+
+
+class ModelConfig(FrozenConfig):
     """Architecture of the LSTC network (see lstc/model.py for how the pieces connect).
 
     Weight specs (`spatial_weights`, `temporal_weights`): None = random init; a torchvision
@@ -83,65 +261,78 @@ class ModelConfig:
     when `text_pretrained` is false), any other hub name or local directory.
     """
 
-    # encoders
-    spatial_backbone: str = "resnet50"
-    temporal_backbone: str = "s3d"
-    spatial_weights: str | None = "DEFAULT"
-    temporal_weights: str | None = "DEFAULT"
-    tiny_width: int = 8  # base width of the "tiny" backbones
-    freeze_spatial: bool = False
-    freeze_temporal: bool = False
-    # input
-    input_size: tuple[int, int] = (320, 320)
-    num_frames: int = 8
-    target_index: int = 4
-    # language
-    text_encoder: str = "bert-base-uncased"
-    text_pretrained: bool = True
-    tokenizer: str = "auto"  # "auto": the encoder's own, or the bundled MiniLM (BERT uncased vocab)
-    max_words: int = 20
-    freeze_text: bool = False
-    lang_dim: int = 256
-    # ablation switches
-    streams: str = "both"
-    cmam: str = "cmam_plus"
-    lasp: str = "on"
-    fusion: str = "concat"
-    # decoder
-    decoder_dims: tuple[int, ...] = (256, 256, 256, 128, 64)  # deepest (stride 32) first
-    head_dim: int = 32  # width of the stride-1 level
-    lasp_prototypes: int = 4
-    lasp_dim: int = 64
-    update_heads: int = 4  # attention heads of the CMAM+ language update
+    input_only_keys: ClassVar[tuple[str, ...]] = ("preset",)
 
-    def __post_init__(self) -> None:
-        _check_choice("spatial_backbone", self.spatial_backbone, SPATIAL_BACKBONES)
-        _check_choice("temporal_backbone", self.temporal_backbone, TEMPORAL_BACKBONES)
-        _check_choice("streams", self.streams, STREAMS)
-        _check_choice("cmam", self.cmam, CMAM_MODES)
-        _check_choice("lasp", self.lasp, LASP_MODES)
-        _check_choice("fusion", self.fusion, FUSIONS)
-        if len(self.input_size) != 2 or any(s <= 0 or s % 32 for s in self.input_size):
-            raise ConfigError(
-                f"input_size={self.input_size!r} must be two positive multiples of 32 (H, W)"
+    # encoders
+    spatial_backbone: SpatialBackbone = Field("resnet50", description="2D encoder (target frame)")
+    temporal_backbone: TemporalBackbone = Field("s3d", description="3D encoder (the clip)")
+    spatial_weights: str | None = Field(
+        "DEFAULT", description="None, a torchvision weight name or a state-dict file"
+    )
+    temporal_weights: str | None = Field(
+        "DEFAULT", description="None, a torchvision weight name or a state-dict file"
+    )
+    tiny_width: int = Field(8, ge=1, description='base width of the "tiny" backbones')
+    freeze_spatial: bool = Field(False, description="no gradients into the 2D encoder")
+    freeze_temporal: bool = Field(False, description="no gradients into the 3D encoder")
+    # input
+    input_size: Annotated[tuple[int, int], LIST_AS_TUPLE, AfterValidator(_multiples_of_32)] = Field(
+        (320, 320), description="(H, W) of the network input, multiples of 32"
+    )
+    num_frames: int = Field(8, ge=1, description="clip length T")
+    target_index: int = Field(4, ge=0, description="index of the target frame in the clip")
+    # language
+    text_encoder: str = Field(
+        "bert-base-uncased", description='"tiny", "minilm", a hub name or a local directory'
+    )
+    text_pretrained: bool = Field(True, description="load the text encoder's weights")
+    tokenizer: str = Field(
+        "auto", description='"auto": the encoder\'s own, or the bundled MiniLM (BERT uncased vocab)'
+    )
+    max_words: int = Field(20, ge=1, description="tokens per expression")
+    freeze_text: bool = Field(False, description="no gradients into the text encoder")
+    lang_dim: int = Field(256, ge=1, description="width of the language features")
+    # ablation switches
+    streams: Streams = Field("both", description="visual streams used")
+    cmam: CmamMode = Field("cmam_plus", description="cross-modal attention after every stage")
+    lasp: Annotated[OnOff, BeforeValidator(_on_off)] = Field(
+        "on", description="language-aware sampling and propagation in the decoder"
+    )
+    fusion: Fusion = Field("concat", description="how the two streams meet in the decoder")
+    # decoder
+    decoder_dims: Annotated[tuple[int, ...], LIST_AS_TUPLE, AfterValidator(_stage_widths)] = Field(
+        (256, 256, 256, 128, 64), description="decoder widths, deepest (stride 32) first"
+    )
+    head_dim: int = Field(32, ge=1, description="width of the stride-1 level")
+    lasp_prototypes: int = Field(4, ge=1, description="LASP prototypes per level")
+    lasp_dim: int = Field(64, ge=1, description="LASP sampling width")
+    update_heads: int = Field(4, ge=1, description="attention heads of the CMAM+ language update")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """A ``preset`` key picks the base configuration; the other keys override it."""
+        if not isinstance(data, Mapping) or "preset" not in data:
+            return data
+        rest = dict(data)
+        name = rest.pop("preset")
+        if not isinstance(name, str) or name not in PRESETS:
+            raise invalid("preset", name, f"choose one of {sorted(PRESETS)}")
+        return {**PRESETS[name]().to_dict(), **rest}
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelConfig:
+        if self.target_index >= self.num_frames:
+            raise invalid(
+                "target_index",
+                self.target_index,
+                f"must be in [0, num_frames={self.num_frames})",
             )
-        if self.num_frames < 1:
-            raise ConfigError(f"num_frames={self.num_frames!r} must be >= 1")
-        if not 0 <= self.target_index < self.num_frames:
-            raise ConfigError(
-                f"target_index={self.target_index!r} must be in [0, num_frames={self.num_frames})"
+        if self.lang_dim % self.update_heads:
+            raise invalid(
+                "update_heads", self.update_heads, f"must divide lang_dim={self.lang_dim}"
             )
-        if len(self.decoder_dims) != NUM_STAGES or any(d <= 0 for d in self.decoder_dims):
-            raise ConfigError(
-                f"decoder_dims={self.decoder_dims!r} must be {NUM_STAGES} positive widths, deepest first"
-            )
-        for name in ("tiny_width", "max_words", "lang_dim", "head_dim", "lasp_prototypes"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 1")
-        if self.lasp_dim < 1 or self.update_heads < 1 or self.lang_dim % self.update_heads:
-            raise ConfigError(
-                f"update_heads={self.update_heads!r} must divide lang_dim={self.lang_dim!r}"
-            )
+        return self
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -155,27 +346,19 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Build from a mapping; a ``preset`` key picks the base, the other keys override it."""
-        data = dict(data)
-        base = cls.preset(data.pop("preset")) if "preset" in data else cls()
-        return _from_dict(cls, data, base)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+        return super().from_dict(data)
 
     def replace(self, **changes: Any) -> ModelConfig:
-        return _from_dict(ModelConfig, changes, self)
+        """A validated copy with `changes` applied."""
+        return ModelConfig.from_dict({**self.__dict__, **changes})
 
     def baseline(self) -> ModelConfig:
         """The CSTM-like counterpart of this config: both streams, concat fusion, CMAM, no LASP."""
-        return dataclasses.replace(self, streams="both", cmam="cmam", lasp="off", fusion="concat")
+        return self.replace(streams="both", cmam="cmam", lasp="off", fusion="concat")
 
     def without_pretrained(self) -> ModelConfig:
         """Same architecture with random weights everywhere (nothing is downloaded)."""
-        return dataclasses.replace(
-            self, spatial_weights=None, temporal_weights=None, text_pretrained=False
-        )
+        return self.replace(spatial_weights=None, temporal_weights=None, text_pretrained=False)
 
     @property
     def uses_spatial(self) -> bool:
@@ -243,8 +426,10 @@ PRESETS = {
 }
 
 
-@dataclass(frozen=True, kw_only=True)
-class LossConfig:
+# ------------------------------------------------------------------------------ the loss
+
+
+class LossConfig(FrozenConfig):
     """Deep-supervision loss: ``sum_l w_l * (bce_weight * BCE_l + dice_weight * Dice_l)``.
 
     `level_weights` are for ``out.aux_logits`` (deepest first, one per level); the full
@@ -253,30 +438,32 @@ class LossConfig:
     deep supervision off.
     """
 
-    pos_weight: float = 1.5
-    bce_weight: float = 1.0
-    dice_weight: float = 1.0
-    main_weight: float = 1.0
-    level_weights: tuple[float, ...] = (0.1, 0.1, 0.2, 0.3, 0.5)
-    lasp_weight: float = 0.0  # per LASP foreground estimate (out.lasp_logits); 0 = unsupervised
-    dice_smooth: float = 1.0
-
-    def __post_init__(self) -> None:
-        names = ("pos_weight", "bce_weight", "dice_weight", "main_weight", "lasp_weight")
-        for name in (*names, "dice_smooth"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
-        if any(w < 0 for w in self.level_weights):
-            raise ConfigError(f"level_weights={self.level_weights!r} must be >= 0")
+    pos_weight: float = Field(1.5, ge=0, description="BCE weight of mask pixels")
+    bce_weight: float = Field(1.0, ge=0, description="weight of the BCE term")
+    dice_weight: float = Field(1.0, ge=0, description="weight of the Dice term")
+    main_weight: float = Field(1.0, ge=0, description="weight of the full-resolution output")
+    level_weights: Annotated[tuple[NonNegativeFloat, ...], LIST_AS_TUPLE] = Field(
+        (0.1, 0.1, 0.2, 0.3, 0.5), description="weights of out.aux_logits, deepest first"
+    )
+    lasp_weight: float = Field(
+        0.0, ge=0, description="per LASP foreground estimate (out.lasp_logits); 0 = unsupervised"
+    )
+    dice_smooth: float = Field(1.0, ge=0, description="Dice smoothing constant")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LossConfig:
-        return _from_dict(cls, data, cls())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
-        }
+        """Build from a mapping (unset keys keep their defaults)."""
+        return super().from_dict(data)
 
 
-__all__ = ["ConfigError", "LossConfig", "ModelConfig", "PRESETS"]
+__all__ = [
+    "LIST_AS_TUPLE",
+    "PRESETS",
+    "ConfigError",
+    "FrozenConfig",
+    "LossConfig",
+    "ModelConfig",
+    "describe_error",
+    "describe_reason",
+    "invalid",
+]

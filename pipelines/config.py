@@ -1,37 +1,60 @@
-"""Training recipes: typed dataclasses loaded from YAML (docs/INTERFACES.md section 5).
+"""Training recipes: frozen pydantic models loaded from YAML (docs/INTERFACES.md section 5).
 
 A recipe file has the sections ``model`` (-> :class:`lstc.config.ModelConfig`, a ``preset`` key
 picks the base), ``loss`` (-> :class:`lstc.config.LossConfig`), ``data``, ``optim``,
 ``schedule``, ``train``, ``tracking`` and ``registry``, plus an optional top-level
 ``description`` and ``base`` (another recipe file, relative to this one, deep-merged under it).
+:class:`Recipe` is one schema over all of them; :func:`recipe_keys` walks it (one
+:class:`KeySpec` per leaf key, with type, default, bounds, choices and a ``check``).
 
 ``load_recipe(path, ["train.epochs=3", "model.lasp=off"])`` applies dotted ``key=value``
 overrides whose values are parsed as YAML (``[96, 96]``, ``null``, ``5e-4``). Validation is
-strict: an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError` naming
-the dotted key and the file (or ``<override>``). Numbers like ``5e-4`` are floats (YAML 1.2 rule;
-PyYAML's YAML 1.1 default would read them as strings).
+strict (see lstc/config.py): an unknown key, a wrong type or an out-of-range value raises ONE
+:class:`ConfigError` naming the file that set the key (a ``base`` file, the recipe itself or
+``<override>``), the dotted key, the bad value and what is allowed. Numbers like ``5e-4`` are
+floats (YAML 1.2 rule; PyYAML's YAML 1.1 default would read them as strings).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import os
 import re
-import types
-import typing
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
+from lstc.config import (
+    LIST_AS_TUPLE,
+    FrozenConfig,
+    LossConfig,
+    ModelConfig,
+    describe_error,
+    describe_reason,
+    invalid,
+)
 from lstc.config import ConfigError as _ModelConfigError
-from lstc.config import LossConfig, ModelConfig
+from lstc.metrics import METRIC_NAMES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+OVERRIDE = "<override>"
 
 
 class ConfigError(_ModelConfigError):
@@ -60,14 +83,70 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str) -> Any:
+    """Parse YAML with the recipe rules (``5e-4`` is a float)."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+
+
+# --------------------------------------------------------------------------- MLflow params
+
+
+def param_text(value: Any) -> str:
+    """A leaf value as MLflow param text: None -> ``null``, lists/tuples -> JSON, else str()."""
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return json.dumps(list(value), default=str)
+    return str(value)
+
+
+def flatten_params(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, str]:
+    """Nested mappings / config models / dataclasses -> ``{"a.b.c": param_text(leaf)}``.
+
+    The one flattening of params (``Recipe.flatten`` and ``pipelines.mlops.tracking.flatten``);
+    an empty mapping is written as ``{}``.
+    """
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{sep}{k}" if prefix else str(k)
+        if isinstance(v, BaseModel):
+            v = v.model_dump(mode="json")
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = dataclasses.asdict(v)
+        if isinstance(v, Mapping):
+            out.update(flatten_params(v, key, sep) if v else {key: "{}"})
+        else:
+            out[key] = param_text(v)
+    return out
 
 
 # ------------------------------------------------------------------------------ sections
 
 
-@dataclass(frozen=True, kw_only=True)
-class AugmentConfig:
+class _Section(FrozenConfig):
+    """Base of the recipe's own sections: construction errors are this module's ConfigError."""
+
+    error_type: ClassVar[type[_ModelConfigError]] = ConfigError
+
+
+def _unit_range(v: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < v[0] <= v[1] <= 1:
+        raise ValueError("must be 0 < lo <= hi <= 1")
+    return v
+
+
+def _positive_range(v: tuple[float, float]) -> tuple[float, float]:
+    if not 0 < v[0] <= v[1]:
+        raise ValueError("must be 0 < lo <= hi")
+    return v
+
+
+def _increasing_epochs(v: tuple[int, ...]) -> tuple[int, ...]:
+    if any(e < 1 for e in v) or list(v) != sorted(v):
+        raise ValueError("must be increasing epochs >= 1")
+    return v
+
+
+class AugmentConfig(_Section):
     """Joint clip + mask augmentation (training only), the same draw for every frame and the mask.
 
     ``crop_scale``/``crop_ratio``: random resized crop (area fraction, aspect ratio), then resize
@@ -76,168 +155,202 @@ class AugmentConfig:
     ``swap_left_right: false``, samples whose expression mentions left/right are never flipped.
     """
 
-    enabled: bool = True
-    crop_prob: float = 0.5
-    crop_scale: tuple[float, float] = (0.6, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 1.3333)
-    hflip: float = 0.5
-    swap_left_right: bool = True
+    enabled: bool = Field(True, description="augment training samples")
+    crop_prob: float = Field(0.5, ge=0, le=1, description="probability of a random resized crop")
+    crop_scale: Annotated[tuple[float, float], LIST_AS_TUPLE, AfterValidator(_unit_range)] = Field(
+        (0.6, 1.0), description="crop area fraction [lo, hi]"
+    )
+    crop_ratio: Annotated[tuple[float, float], LIST_AS_TUPLE, AfterValidator(_positive_range)] = (
+        Field((0.75, 1.3333), description="crop aspect ratio [lo, hi]")
+    )
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    swap_left_right: bool = Field(True, description="swap left/right words of flipped samples")
+
+    def replace(self, **changes: Any) -> AugmentConfig:
+        """A validated copy with `changes` applied."""
+        return AugmentConfig.from_dict({**self.__dict__, **changes})
 
 
-@dataclass(frozen=True, kw_only=True)
-class DataConfig:
-    root: str = "data/refer_shapes/shards"
-    train_split: str = "train"
-    val_split: str = "test"
-    batch_size: int = 4  # per worker
-    eval_batch_size: int = 8
-    num_frames: int | None = None  # None: the model's num_frames
-    shuffle_buffer: int = 64  # local shuffle buffer (rows) on each worker, reseeded every epoch
-    prefetch_batches: int = 2
-    val_limit: int | None = None  # validate on the first N clips of val_split (None: all)
-    cache_train: bool = False  # materialise decoded training samples in the object store
-    cache_val: bool = True  # each worker keeps its val clip rows (JPEG) in memory after epoch 1
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+class DataConfig(_Section):
+    """Shards and the per-worker data path."""
+
+    root: str = Field("data/refer_shapes/shards", description="shard root (folder or URI)")
+    train_split: str = Field("train", description="split to train on")
+    val_split: str = Field("test", description="split to validate on")
+    batch_size: int = Field(4, ge=1, description="training batch per worker")
+    eval_batch_size: int = Field(8, ge=1, description="validation batch per worker")
+    num_frames: int | None = Field(None, ge=1, description="null: the model's num_frames")
+    shuffle_buffer: int = Field(
+        64, ge=0, description="local shuffle buffer (rows) per worker, reseeded every epoch"
+    )
+    prefetch_batches: int = Field(2, ge=0, description="batches prefetched per worker")
+    val_limit: int | None = Field(
+        None, ge=1, description="validate on the first N clips of val_split (null: all)"
+    )
+    cache_train: bool = Field(
+        False, description="materialise decoded training samples in the object store"
+    )
+    cache_val: bool = Field(
+        True, description="each worker keeps its val clip rows (JPEG) in memory after epoch 1"
+    )
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-@dataclass(frozen=True, kw_only=True)
-class OptimConfig:
-    name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 5e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # sgd only
-    backbone_lr_mult: float = 1.0  # lr factor of the pretrained encoders (visual + text)
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
-    accumulation: int = 1  # micro-batches per optimizer step
+class OptimConfig(_Section):
+    """Optimizer."""
+
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: float = Field(5e-4, gt=0, description="base learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    momentum: float = Field(0.9, ge=0, description="sgd only")
+    backbone_lr_mult: float = Field(
+        1.0, ge=0, description="lr factor of the pretrained encoders (visual + text)"
+    )
+    grad_clip: float = Field(0.0, ge=0, description="max global grad norm; 0 = off")
+    accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ScheduleConfig:
+class ScheduleConfig(_Section):
     """Per optimizer step: linear warm-up from ``warmup_factor`` over ``warmup_epochs``, then
     ``step`` (x ``gamma`` at each epoch in ``step_epochs``), ``cosine`` (to ``min_lr_factor``) or
     ``constant``."""
 
-    kind: Literal["step", "cosine", "constant"] = "step"
-    warmup_epochs: float = 0.0
-    warmup_factor: float = 0.1
-    step_epochs: tuple[int, ...] = ()
-    gamma: float = 0.1
-    min_lr_factor: float = 0.0
+    kind: Literal["step", "cosine", "constant"] = Field("step", description="lr schedule")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear warm-up length (epochs)")
+    warmup_factor: float = Field(0.1, gt=0, le=1, description="lr factor at the warm-up start")
+    step_epochs: Annotated[tuple[int, ...], LIST_AS_TUPLE, AfterValidator(_increasing_epochs)] = (
+        Field((), description="step: epochs where the lr is multiplied by gamma")
+    )
+    gamma: float = Field(0.1, gt=0, le=1, description="step: lr factor per step")
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine: final lr factor")
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    epochs: int = 9
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    amp: bool = True  # bf16 autocast on CUDA; ignored (fp32) on CPU
-    seed: int = 0
-    storage_path: str = "outputs/ray_results"
-    run_name: str = "lstc"
-    max_failures: int = 0
-    fail_at_epoch: int | None = None  # test hook: rank 1 raises in this (1-based) epoch, once
-    find_unused_parameters: bool = False
-    ray_address: str | None = None  # None: RAY_ADDRESS or a local instance
-    measure_loader: bool = False  # benchmark: time one loader-only pass before each epoch
-    log_level: str = "WARNING"  # Ray Train's own console logs; our epoch lines always show
+class TrainConfig(_Section):
+    """Ray Train run."""
+
+    epochs: int = Field(9, ge=0, description="training epochs (0: evaluation only)")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
+    use_gpu: bool = Field(False, description="one GPU per worker")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker")
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored (fp32) on CPU")
+    seed: int = Field(0, description="random seed")
+    storage_path: str = Field("outputs/ray_results", description="Ray Train storage (path/URI)")
+    run_name: str = Field(
+        "lstc", pattern=r"^[A-Za-z0-9_.\-]+$", description="run folder name under storage_path"
+    )
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts (-1 = unlimited)")
+    find_unused_parameters: bool = Field(False, description="DDP find_unused_parameters")
+    ray_address: str | None = Field(None, description="null: RAY_ADDRESS or a local instance")
+    measure_loader: bool = Field(
+        False, description="benchmark: time one loader-only pass before each epoch"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="Ray Train's own console logs; our epoch lines always show"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_removed_keys(cls, data: Any) -> Any:
+        """Checkpoints written before fault injection moved to the tests carry
+        ``fail_at_epoch: null``; that (and only the null value) is still read."""
+        if isinstance(data, Mapping) and "fail_at_epoch" in data and data["fail_at_epoch"] is None:
+            return {k: v for k, v in data.items() if k != "fail_at_epoch"}
+        return data
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrackingConfig:
-    uri: str | None = None  # None: env MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db
-    experiment: str = "lstc"
-    log_every_steps: int = 10
-    num_overlays: int = 4
-    system_metrics: bool = True
+class TrackingConfig(_Section):
+    """MLflow tracking."""
+
+    uri: str | None = Field(
+        None, description="null: env MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db"
+    )
+    experiment: str = Field("lstc", description="MLflow experiment")
+    log_every_steps: int = Field(10, ge=1, description="training metrics every N steps")
+    num_overlays: int = Field(4, ge=0, description="validation overlays logged per epoch")
+    system_metrics: bool = Field(True, description="MLflow system metrics")
 
 
-@dataclass(frozen=True, kw_only=True)
-class RegistryConfig:
-    model_name: str = "lstc"
-    selection_metric: str = "mean_iou"  # an lstc.metrics name (validation)
-    mode: Literal["max", "min"] = "max"
-    register: bool = True
+MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
 
 
-# Ranges checked after type validation: dotted key -> (predicate, message).
-_RANGES: dict[str, tuple[Any, str]] = {
-    "data.batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "data.eval_batch_size": (lambda v: v >= 1, "must be >= 1"),
-    "data.num_frames": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
-    "data.shuffle_buffer": (lambda v: v >= 0, "must be >= 0"),
-    "data.prefetch_batches": (lambda v: v >= 0, "must be >= 0"),
-    "data.val_limit": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
-    "data.augment.crop_prob": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "data.augment.hflip": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "data.augment.crop_scale": (lambda v: 0 < v[0] <= v[1] <= 1, "must be 0 < lo <= hi <= 1"),
-    "data.augment.crop_ratio": (lambda v: 0 < v[0] <= v[1], "must be 0 < lo <= hi"),
-    "optim.lr": (lambda v: v > 0, "must be > 0"),
-    "optim.weight_decay": (lambda v: v >= 0, "must be >= 0"),
-    "optim.backbone_lr_mult": (lambda v: v >= 0, "must be >= 0"),
-    "optim.grad_clip": (lambda v: v >= 0, "must be >= 0 (0 = off)"),
-    "optim.accumulation": (lambda v: v >= 1, "must be >= 1"),
-    "schedule.warmup_epochs": (lambda v: v >= 0, "must be >= 0"),
-    "schedule.warmup_factor": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "schedule.step_epochs": (
-        lambda v: all(e >= 1 for e in v) and list(v) == sorted(v),
-        "must be increasing epochs >= 1",
-    ),
-    "schedule.gamma": (lambda v: 0 < v <= 1, "must be in (0, 1]"),
-    "schedule.min_lr_factor": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
-    "train.epochs": (lambda v: v >= 0, "must be >= 0"),
-    "train.num_workers": (lambda v: v >= 1, "must be >= 1"),
-    "train.cpus_per_worker": (lambda v: v > 0, "must be > 0"),
-    "train.max_failures": (lambda v: v >= -1, "must be >= -1 (-1 = unlimited)"),
-    "train.fail_at_epoch": (lambda v: v is None or v >= 1, "must be >= 1 or null"),
-    "train.log_level": (
-        lambda v: v in ("DEBUG", "INFO", "WARNING", "ERROR"),
-        "must be DEBUG, INFO, WARNING or ERROR",
-    ),
-    "train.run_name": (
-        lambda v: bool(re.fullmatch(r"[A-Za-z0-9_.\-]+", v)),
-        "must match [A-Za-z0-9_.-]+",
-    ),
-    "tracking.log_every_steps": (lambda v: v >= 1, "must be >= 1"),
-    "tracking.num_overlays": (lambda v: v >= 0, "must be >= 0"),
-}
+# `register` is also ABCMeta.register on the class (never on instances): pydantic's warning
+# about the shadowed name is noise here.
+warnings.filterwarnings("ignore", r'Field name "register" in "RegistryConfig" shadows')
 
 
-@dataclass(frozen=True, kw_only=True)
-class Recipe:
-    """A complete, validated training / evaluation recipe."""
+class RegistryConfig(_Section):
+    """MLflow model registry."""
 
-    description: str = ""
-    model: ModelConfig = field(default_factory=lambda: ModelConfig.preset("tiny"))
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    registry: RegistryConfig = field(default_factory=RegistryConfig)
-    source: str = field(default="<dict>", compare=False)  # file it came from (not serialised)
+    model_name: str = Field("lstc", description="registered model name")
+    selection_metric: MetricName = Field(
+        "mean_iou", description="validation metric that picks the champion"
+    )
+    mode: Literal["max", "min"] = Field("max", description="better is larger or smaller")
+    register: bool = Field(True, description="register the best checkpoint")
+
+
+class Recipe(_Section):
+    """A complete, validated training / evaluation recipe.
+
+    Equality and :meth:`hash` ignore :attr:`source`. ``Recipe.from_dict`` ignores a ``base`` key
+    (only files resolve it, see :func:`load_recipe`).
+    """
+
+    input_only_keys: ClassVar[tuple[str, ...]] = ("base",)
+
+    description: str = Field("", description="free text")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig.preset("tiny"))
+    loss: LossConfig = Field(default_factory=LossConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    _source: str = PrivateAttr("<dict>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_base(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "base" in data:
+            return {k: v for k, v in data.items() if k != "base"}
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Recipe:
+        frames = self.data.num_frames
+        if frames is not None and frames != self.model.num_frames:
+            raise invalid(
+                "data.num_frames",
+                frames,
+                f"must equal model.num_frames={self.model.num_frames} (or be null)",
+            )
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Recipe):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.__dict__.values()))
 
     # -- derived ---------------------------------------------------------------------------
     @property
+    def source(self) -> str:
+        """The file this recipe came from (``<dict>`` when built from a mapping)."""
+        return self._source
+
+    @property
     def num_frames(self) -> int:
         return self.data.num_frames or self.model.num_frames
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (lists for tuples); ``from_dict(to_dict())`` round-trips."""
-        out: dict[str, Any] = {"description": self.description}
-        out["model"] = self.model.to_dict()
-        out["loss"] = self.loss.to_dict()
-        for name in ("data", "optim", "schedule", "train", "tracking", "registry"):
-            out[name] = _plain(dataclasses.asdict(getattr(self, name)))
-        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def flatten(self) -> dict[str, str]:
-        """``{"optim.lr": "0.0005", ...}`` for MLflow params (every leaf, as text)."""
-        return _flatten(self.to_dict())
+        """``{"optim.lr": "0.0005", "data.val_limit": "null", ...}`` for MLflow params."""
+        return flatten_params(self.to_dict())
 
     def hash(self) -> str:
         """Stable 16-hex-digit hash of the resolved recipe (key order and source ignored)."""
@@ -247,13 +360,15 @@ class Recipe:
     def replace(self, overrides: Sequence[str]) -> Recipe:
         """A copy with dotted ``key=value`` overrides applied and validated."""
         raw = self.to_dict()
+        origin: dict[str, str] = {}
         for item in overrides:
-            _apply_override(raw, item)
-        return Recipe.from_dict(raw, source=self.source)
+            _apply_override(raw, item, origin)
+        return _build_recipe(raw, self.source, origin)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>") -> Recipe:
-        return _build_recipe(data, source)
+        """Validate a nested mapping (``to_dict`` output, a parsed YAML file)."""
+        return _build_recipe(data, source, {})
 
 
 # -------------------------------------------------------------------------------- loading
@@ -264,13 +379,33 @@ def load_recipe(path: str | Path, overrides: Sequence[str] | None = None) -> Rec
     path = Path(path)
     if not path.exists() and not path.is_absolute() and (CONFIG_DIR / path.name).exists():
         path = CONFIG_DIR / path.name
-    raw = _read_with_base(path, seen=())
+    origin: dict[str, str] = {}
+    raw = _read_with_base(path, (), origin)
     for item in overrides or ():
-        _apply_override(raw, item)
-    return _build_recipe(raw, str(path))
+        _apply_override(raw, item, origin)
+    return _build_recipe(raw, str(path), origin)
 
 
-def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _dotted(d: Mapping[str, Any], prefix: str) -> Iterator[str]:
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        yield key
+        if isinstance(v, Mapping):
+            yield from _dotted(v, key)
+
+
+def _set_origin(origin: dict[str, str], key: str, value: Any, label: str) -> None:
+    """Record that `label` set `key` (and everything under it, when `value` is a mapping)."""
+    for old in [k for k in origin if k.startswith(key + ".")]:
+        del origin[old]
+    origin[key] = label
+    if isinstance(value, Mapping):
+        origin.update(dict.fromkeys(_dotted(value, key), label))
+
+
+def _read_with_base(path: Path, seen: tuple[Path, ...], origin: dict[str, str]) -> dict[str, Any]:
+    """The file's mapping deep-merged over its ``base`` chain; `origin` maps every dotted key
+    to the file that set it last."""
     if not path.is_file():
         raise ConfigError(f"{path}: recipe file not found")
     if path.resolve() in seen:
@@ -286,12 +421,14 @@ def _read_with_base(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
             f"{path}: a recipe must be a mapping of sections, got {type(data).__name__}"
         )
     base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: base={base!r} must be a file name")
-    parent = _read_with_base((path.parent / base), seen + (path.resolve(),))
-    return _deep_merge(parent, data)
+    merged: dict[str, Any] = {}
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base={base!r} must be a file name")
+        parent = Path(os.path.normpath(path.parent / base))  # relative to this file
+        merged = _read_with_base(parent, (*seen, path.resolve()), origin)
+    origin.update(dict.fromkeys(_dotted(data, ""), str(path)))
+    return _deep_merge(merged, data)
 
 
 def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -304,207 +441,130 @@ def _deep_merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def _apply_override(raw: dict[str, Any], item: str, origin: dict[str, str]) -> None:
     if "=" not in item:
-        raise ConfigError(f"<override>: {item!r} is not key=value (e.g. train.epochs=3)")
+        raise ConfigError(f"{OVERRIDE}: {item!r} is not key=value (e.g. train.epochs=3)")
     key, _, text = item.partition("=")
     key = key.strip()
     parts = key.split(".")
     if not key or any(not p for p in parts):
-        raise ConfigError(f"<override>: {item!r} has an empty key")
+        raise ConfigError(f"{OVERRIDE}: {item!r} has an empty key")
     try:
         value = yaml_load(text) if text.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"<override>: {key}: value {text!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{OVERRIDE}: {key}: value {text!r} is not valid YAML: {exc}") from None
     node = raw
-    for p in parts[:-1]:
+    for n, p in enumerate(parts[:-1], 1):
         child = node.get(p)
         if child is None:
             child = node[p] = {}
+            origin[".".join(parts[:n])] = OVERRIDE  # a section only the override names
         if not isinstance(child, dict):
-            raise ConfigError(f"<override>: {key}: {p!r} is not a section")
+            raise ConfigError(f"{OVERRIDE}: {key}: {p!r} is not a section")
         node = child
     node[parts[-1]] = value
+    _set_origin(origin, key, value, OVERRIDE)
 
 
-# ----------------------------------------------------------------------------- validation
-
-
-def _build_recipe(raw: Mapping[str, Any], source: str) -> Recipe:
+def _build_recipe(raw: Any, source: str, origin: Mapping[str, str]) -> Recipe:
+    """Validate `raw`; an error names the file (or ``<override>``) that set the bad key."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
-    sections = {f.name for f in dataclasses.fields(Recipe) if f.name != "source"}
-    unknown = sorted(set(raw) - sections - {"base"})
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {unknown[0]!r}; valid top-level keys are {sorted(sections)}"
-        )
-    kwargs: dict[str, Any] = {"source": source}
-    if "description" in raw:
-        if not isinstance(raw["description"], str):
-            raise ConfigError(f"{source}: description must be text")
-        kwargs["description"] = raw["description"]
-    for name, builder in (("model", ModelConfig.from_dict), ("loss", LossConfig.from_dict)):
-        section = raw.get(name)
-        if section is None:
-            continue
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"{source}: {name} must be a mapping")
-        try:
-            kwargs[name] = builder(_normalise_model_values(name, section))
-        except _ModelConfigError as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"{source}: {name}: {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {name}: {exc}") from None
-    hints = typing.get_type_hints(Recipe)
-    for name in ("data", "optim", "schedule", "train", "tracking", "registry"):
-        if name in raw and raw[name] is not None:
-            kwargs[name] = _build_section(hints[name], raw[name], name, source)
-    recipe = Recipe(**kwargs)
-    _check_cross(recipe, source)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        key, message = describe_error(exc, Recipe, raw)
+        raise ConfigError(f"{_origin_of(key, origin, source)}: {message}") from None
+    recipe._source = source
     return recipe
 
 
-def _normalise_model_values(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
-    """Floats written as ints (``pos_weight: 2``) are fine for lstc's own dataclasses, and YAML's
-    ``on``/``off`` booleans are the strings ``"on"``/``"off"`` for text switches (``lasp: off``)."""
-    cls = ModelConfig if section == "model" else LossConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    out = dict(values)
-    for k, v in out.items():
-        if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool):
-            out[k] = float(v)
-        elif isinstance(defaults.get(k), str) and isinstance(v, bool):
-            out[k] = "on" if v else "off"
-    return out
+def _origin_of(key: str, origin: Mapping[str, str], default: str) -> str:
+    parts = key.split(".")
+    for n in range(len(parts), 0, -1):
+        label = origin.get(".".join(parts[:n]))
+        if label is not None:
+            return label
+    return default
 
 
-def _build_section(cls: type, data: Any, prefix: str, source: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: {prefix} must be a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key '{prefix}.{unknown[0]}'; valid keys of {prefix} are "
-            f"{sorted(fields)}"
-        )
-    values = {}
-    for k, v in data.items():
-        key = f"{prefix}.{k}"
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            values[k] = _build_section(tp, v if v is not None else {}, key, source)
-        else:
-            values[k] = _coerce(tp, v, key, source)
-        check = _RANGES.get(key)
-        if check is not None and not check[0](values[k]):
-            raise ConfigError(f"{source}: {key}={v!r} {check[1]}")
-    return cls(**values)
+# ---------------------------------------------------------------------------- key schema
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@dataclasses.dataclass(frozen=True)
+class KeySpec:
+    """One leaf key of the recipe schema (for sweep spaces and documentation).
+
+    `type` is the annotation (``float``, ``int | None``, ``tuple[int, int]``, a ``Literal``);
+    `choices` lists a Literal's values; bounds are the field's own constraints. :meth:`check`
+    validates one value alone: cross checks between keys (``model.target_index <
+    model.num_frames``, ``data.num_frames``) run when a whole recipe is built.
+    """
+
+    key: str
+    type: Any
+    default: Any
+    description: str = ""
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] | None = None
+    _adapter: TypeAdapter[Any] | None = dataclasses.field(default=None, repr=False, compare=False)
+    _info: Any = dataclasses.field(default=None, repr=False, compare=False)
+
+    def check(self, value: Any) -> Any:
+        """The validated value (lists become tuples, ``False`` becomes ``"off"`` for switches);
+        ConfigError names the key, the value and what is allowed."""
+        assert self._adapter is not None
+        try:
+            return self._adapter.validate_python(value)
+        except ValidationError as exc:
+            why = describe_reason(exc.errors(include_url=False)[0], self._info)
+            raise ConfigError(f"{self.key}={value!r} is not valid: {why}") from None
 
 
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
-    def bad(expect: str) -> ConfigError:
-        return ConfigError(f"{source}: {key}={value!r} is not valid: expected {expect}")
-
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _coerce(inner[0], value, key, source)
-        raise bad(_type_name(tp))
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: {key}={value!r} is not valid: choose one of {list(args)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise bad("a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, key, source) for v in value)
-        if len(value) != len(args):
-            raise bad(f"a list of {len(args)} values")
-        return tuple(_coerce(a, v, key, source) for a, v in zip(args, value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad("a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad("text")
-        return value
-    raise bad(_type_name(tp))  # pragma: no cover - unsupported annotation
+_STRICT = ConfigDict(strict=True, allow_inf_nan=False)
 
 
-def _check_cross(recipe: Recipe, source: str) -> None:
-    m = recipe.model
-    if recipe.data.num_frames is not None and recipe.data.num_frames != m.num_frames:
-        raise ConfigError(
-            f"{source}: data.num_frames={recipe.data.num_frames} must equal "
-            f"model.num_frames={m.num_frames} (or be null)"
-        )
-    if recipe.train.fail_at_epoch is not None and recipe.train.fail_at_epoch > max(
-        recipe.train.epochs, 1
-    ):
-        raise ConfigError(
-            f"{source}: train.fail_at_epoch={recipe.train.fail_at_epoch} is after the last "
-            f"epoch (train.epochs={recipe.train.epochs})"
-        )
-    valid_metrics = _metric_names()
-    if recipe.registry.selection_metric not in valid_metrics:
-        raise ConfigError(
-            f"{source}: registry.selection_metric={recipe.registry.selection_metric!r} is not "
-            f"valid: choose one of {sorted(valid_metrics)}"
+def _leaf_specs(cls: type[FrozenConfig], default: Any, prefix: str) -> Iterator[KeySpec]:
+    for name, info in cls.model_fields.items():
+        key = f"{prefix}{name}"
+        value = getattr(default, name)
+        if isinstance(info.annotation, type) and issubclass(info.annotation, FrozenConfig):
+            yield from _leaf_specs(info.annotation, value, key + ".")
+            continue
+        bounds = {
+            b: getattr(m, b)
+            for m in info.metadata
+            for b in ("gt", "ge", "lt", "le")
+            if hasattr(m, b)
+        }
+        args = get_args(info.annotation)
+        is_literal = get_origin(info.annotation) is Literal
+        meta = tuple(info.metadata)
+        annotated = Annotated[(info.annotation, *meta)] if meta else info.annotation
+        yield KeySpec(
+            key=key,
+            type=info.annotation,
+            default=value,
+            description=info.description or "",
+            choices=tuple(args) if is_literal else None,
+            _adapter=TypeAdapter(annotated, config=_STRICT),
+            _info=info,
+            **bounds,
         )
 
 
-def _metric_names() -> set[str]:
-    names = {"overall_iou", "mean_iou", "mAP@0.5:0.95", "coco_mAP@0.5:0.95", "coco_AP@0.5"}
-    names |= {f"P@{k / 100:.1f}" for k in (50, 60, 70, 80, 90)}
-    names |= {"J", "F", "J&F"}
-    return names
+@functools.cache
+def _recipe_keys() -> tuple[KeySpec, ...]:
+    return tuple(_leaf_specs(Recipe, Recipe(), ""))
 
 
-# ---------------------------------------------------------------------------------- helpers
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, key))
-        elif isinstance(v, list):
-            out[key] = json.dumps(v)
-        else:
-            out[key] = "null" if v is None else str(v)
-    return out
+def recipe_keys() -> list[KeySpec]:
+    """One :class:`KeySpec` per leaf key of a recipe (``optim.lr``, ``model.cmam``, ...), in
+    schema order; defaults are those of ``Recipe()`` (the model section: the tiny preset)."""
+    return list(_recipe_keys())
 
 
 def list_recipes() -> list[Path]:
@@ -513,16 +573,21 @@ def list_recipes() -> list[Path]:
 
 
 __all__ = [
+    "CONFIG_DIR",
     "AugmentConfig",
     "ConfigError",
     "DataConfig",
+    "KeySpec",
     "OptimConfig",
     "Recipe",
     "RegistryConfig",
     "ScheduleConfig",
     "TrackingConfig",
     "TrainConfig",
+    "flatten_params",
     "list_recipes",
     "load_recipe",
+    "param_text",
+    "recipe_keys",
     "yaml_load",
 ]

@@ -1,6 +1,8 @@
-"""ModelConfig / LossConfig: presets, validation, dict round trips."""
+"""ModelConfig / LossConfig (frozen pydantic models): presets, validation, dict round trips."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -47,7 +49,8 @@ def test_unknown_key_is_named():
     [
         ("cmam", "cmam++"),
         ("streams", "audio"),
-        ("lasp", True),
+        ("lasp", "maybe"),
+        ("lasp", 1),
         ("fusion", "attention"),
         ("spatial_backbone", "vit"),
         ("temporal_backbone", "i3d"),
@@ -57,6 +60,10 @@ def test_unknown_key_is_named():
         ("num_frames", "8"),
         ("text_encoder", 5),
         ("spatial_weights", 1),
+        ("num_frames", True),
+        ("num_frames", 0),
+        ("update_heads", 3),
+        ("freeze_text", "yes"),
     ],
 )
 def test_bad_value_is_named(key, value):
@@ -86,3 +93,71 @@ def test_loss_config_validation():
     assert LossConfig.from_dict({"level_weights": [1, 1]}).level_weights == (1, 1)
     with pytest.raises(ConfigError, match="pos_weight"):
         LossConfig(pos_weight=-1.0)
+
+
+def test_to_dict_has_lists_and_round_trips_through_json():
+    cfg = ModelConfig.preset("small")
+    d = cfg.to_dict()
+    assert d["input_size"] == [128, 128] and d["decoder_dims"] == [128, 128, 64, 32, 32]
+    assert "preset" not in d and d["lasp"] == "on"
+    assert ModelConfig.from_dict(json.loads(json.dumps(d))) == cfg
+    assert isinstance(ModelConfig.from_dict(d).input_size, tuple)  # torch code wants tuples
+    assert LossConfig().to_dict()["level_weights"] == [0.1, 0.1, 0.2, 0.3, 0.5]
+
+
+def test_yaml_off_and_on_booleans_map_to_the_switch():
+    assert ModelConfig.from_dict({"preset": "tiny", "lasp": False}).lasp == "off"
+    assert ModelConfig.from_dict({"preset": "tiny", "lasp": True}).lasp == "on"
+    assert ModelConfig.preset("tiny").replace(lasp=False).lasp == "off"
+
+
+def test_ints_are_accepted_where_floats_are_expected():
+    loss = LossConfig.from_dict({"pos_weight": 2, "level_weights": [1, 0]})
+    assert loss.pos_weight == 2.0 and isinstance(loss.pos_weight, float)
+    assert loss.level_weights == (1.0, 0.0) and all(
+        isinstance(w, float) for w in loss.level_weights
+    )
+    with pytest.raises(ConfigError, match="pos_weight=True is not valid: expected a number"):
+        LossConfig.from_dict({"pos_weight": True})
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cmam": "foo"}, "cmam='foo' is not valid: choose one of ['none', 'cmam', 'cmam_plus']"),
+        ({"target_index": 4}, "target_index=4 is not valid: must be in [0, num_frames=4)"),
+        ({"update_heads": 3}, "update_heads=3 is not valid: must divide lang_dim=32"),
+        ({"input_size": [64, 80]}, "input_size=[64, 80] is not valid: must be two positive"),
+        ({"input_size": [64]}, "input_size=[64] is not valid: expected a list of 2 values"),
+        ({"decoder_dims": [8, 8]}, "decoder_dims=[8, 8] is not valid: must be 5 positive widths"),
+        ({"max_words": 0}, "max_words=0 is not valid: must be >= 1"),
+        ({"preset": "huge"}, "preset='huge' is not valid: choose one of ['cstm_baseline',"),
+    ],
+)
+def test_error_messages_name_key_value_and_allowed(changes, message):
+    with pytest.raises(ConfigError) as err:
+        ModelConfig.from_dict({"preset": "tiny", **changes})
+    assert str(err.value).startswith(message)
+
+
+def test_construction_and_replace_validate():
+    with pytest.raises(ConfigError, match=r"^num_frames=0 is not valid: must be >= 1$"):
+        ModelConfig(num_frames=0)
+    with pytest.raises(ConfigError, match=r"^unknown key 'lasp_mode'; valid keys are \['cmam'"):
+        ModelConfig.preset("tiny").replace(lasp_mode="on")
+    with pytest.raises(ConfigError, match="target_index=2 is not valid"):
+        ModelConfig.preset("tiny").replace(num_frames=2)
+    cfg = ModelConfig.preset("tiny").replace(num_frames=2, target_index=1)
+    assert (cfg.num_frames, cfg.target_index, cfg.text_encoder) == (2, 1, "tiny")
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.num_frames = 3  # type: ignore[misc]
+    assert issubclass(ConfigError, ValueError)
+
+
+def test_streams_switch_properties():
+    tiny = ModelConfig.preset("tiny")
+    assert (tiny.uses_spatial, tiny.uses_temporal) == (True, True)
+    spatial = tiny.replace(streams="spatial")
+    assert (spatial.uses_spatial, spatial.uses_temporal) == (True, False)
+    temporal = tiny.replace(streams="temporal")
+    assert (temporal.uses_spatial, temporal.uses_temporal) == (False, True)

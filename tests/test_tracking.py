@@ -188,7 +188,7 @@ def test_metric_key_and_flatten():
     assert metric_key("mAP@0.5:0.95") == "mAP_at_0.5-0.95"
     assert flatten({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2], "f": {}}) == {
         "a.b": "1",
-        "a.c.d": "None",
+        "a.c.d": "null",
         "e": "[1, 2]",
         "f": "{}",
     }
@@ -229,15 +229,16 @@ def test_logs_everything_through_server(mlflow_server, tmp_path):
     tracker = Tracker.start(recipe, tags={"num_workers": 2})
     assert tracker.run_id is not None and tracker.healthy
     tracker.log_params({"model": {"cmam": "cmam_plus", "lasp": "on"}, "optim": {"lr": 5e-4}})
-    for step in range(3):
-        tracker.log_metrics({"train/loss": 1.0 / (step + 1), "val/J&F": 0.1 * step}, step=step)
+    for step in range(1, 4):
+        tracker.log_metrics({"train/step/loss": 1.0 / step}, step=step, axis="step")
+        tracker.log_metrics({"val/J&F": 0.1 * step}, step=step, axis="epoch")
     image = np.zeros((12, 16, 3), np.uint8)
     image[2:6, 3:9] = (255, 0, 0)
     tracker.log_image(image, "overlays/epoch_000.png")
     tracker.log_dict({"model": {"cmam": "cmam_plus"}}, "recipe.yaml")
     (tmp_path / "notes.txt").write_text("hello")
     tracker.log_artifact(tmp_path / "notes.txt", "extra")
-    tracker.set_tags({"dataset.manifest_hash": "abc123"})
+    tracker.set_tags({"dataset.manifest_sha256": "abc123"})
     # let the system-metrics thread publish one sample (interval 1 s; slow on a loaded machine)
     deadline = time.monotonic() + 120
     while getattr(tracker._monitor, "_logging_step", 1) < 1 and time.monotonic() < deadline:
@@ -252,15 +253,17 @@ def test_logs_everything_through_server(mlflow_server, tmp_path):
     assert client.get_experiment(run.info.experiment_id).name == "lstc-test"
     assert run.data.params == {"model.cmam": "cmam_plus", "model.lasp": "on", "optim.lr": "0.0005"}
     assert run.data.tags["num_workers"] == "2"
-    assert run.data.tags["dataset.manifest_hash"] == "abc123"
+    assert run.data.tags["dataset.manifest_sha256"] == "abc123"
     assert len(run.data.tags.get("mlflow.source.git.commit", "")) == 40
-    hist = client.get_metric_history(tracker.run_id, "train/loss")
+    hist = client.get_metric_history(tracker.run_id, "train/step/loss")
     assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [
-        (0, 1.0),
-        (1, 0.5),
-        (2, 1.0 / 3),
+        (1, 1.0),
+        (2, 0.5),
+        (3, 1.0 / 3),
     ]
-    assert [m.value for m in client.get_metric_history(tracker.run_id, "val/J_and_F")][-1] == 0.2
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "val/J_and_F")][-1] == (
+        pytest.approx(0.3)
+    )
     assert any(k.startswith("system/cpu_utilization") for k in run.data.metrics), run.data.metrics
     paths = {a.path for a in client.list_artifacts(tracker.run_id)}
     assert {"overlays", "recipe.yaml", "extra"} <= paths
@@ -388,3 +391,170 @@ def test_disabled_tracker_is_a_no_op():
     tracker.log_params({"a": 1})
     tracker.end()
     assert tracker.run_id is None and tracker.failures == 0
+
+
+# ------------------------------------------------------------------- metric axes (one per key)
+
+
+def test_metric_families_give_one_axis_per_key():
+    from pipelines.mlops.tracking import metric_family
+
+    axes = {
+        k: metric_family(k).axis
+        for k in (
+            "train/step/loss",
+            "train/epoch/loss",
+            "val/P@0.5",
+            "best/mean_iou",
+            "eval/J&F",
+            "system/cpu_utilization_percentage",
+        )
+    }
+    assert axes == {
+        "train/step/loss": "step",
+        "train/epoch/loss": "epoch",
+        "val/P@0.5": "epoch",
+        "best/mean_iou": "summary",
+        "eval/J&F": "once",
+        "system/cpu_utilization_percentage": "system",
+    }
+    assert metric_family("loss") is None and metric_family("train/loss") is None
+
+
+@pytest.mark.parametrize(
+    ("metrics", "step", "axis", "match"),
+    [
+        ({"val/mean_iou": 0.5}, 3, None, "axis='epoch'"),  # a family key needs its axis
+        ({"train/step/loss": 1.0}, 40, "epoch", "axis='step'"),  # the bug: epoch on a step key
+        ({"train/epoch/loss": 1.0}, 2, "step", "axis='epoch'"),
+        ({"system/cpu": 1.0}, 1, "system", "MLflow's monitor"),
+        ({"eval/mean_iou": 0.5}, 3, "once", "step 0"),
+        ({"val/mean_iou": 0.5}, 0, "epoch", "counts from 1"),
+        ({"loss": 1.0}, 1, "sideways", "unknown step axis"),
+    ],
+)
+def test_tracker_refuses_a_key_on_the_wrong_axis(metrics, step, axis, match):
+    from pipelines.mlops.tracking import MetricAxisError
+
+    with pytest.raises(MetricAxisError, match=match):
+        Tracker.disabled().log_metrics(metrics, step=step, axis=axis)
+
+
+def test_key_outside_the_families_keeps_its_first_axis(tmp_path):
+    """Refused before any I/O: the store holds only the points logged on the first axis."""
+    from pipelines.mlops.tracking import MetricAxisError
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker.start({"tracking": {"uri": uri}}, system_metrics=False)
+    tracker.log_metrics({"custom/x": 1.0}, step=1, axis="epoch")
+    tracker.log_metrics({"custom/x": 2.0}, step=2, axis="epoch")
+    with pytest.raises(MetricAxisError, match="logged on axis 'epoch'"):
+        tracker.log_metrics({"custom/x": 3.0, "custom/y": 1.0}, step=25, axis="step")
+    tracker.log_metrics({"custom/y": 4.0}, step=25, axis="step")  # y was never logged: fine
+    tracker.end()
+    client = _client(uri)
+    hist = client.get_metric_history(tracker.run_id, "custom/x")
+    assert [(m.step, m.value) for m in sorted(hist, key=lambda m: m.step)] == [(1, 1.0), (2, 2.0)]
+    assert [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, "custom/y")] == [
+        (25, 4.0)
+    ]
+
+
+# ------------------------------------------------------------------------------ dataset lineage
+
+
+def _fake_shard_root(root: Path, *, config_hash: str = "cfg123") -> Path:
+    """A shard root holding only a manifest (all that dataset lineage reads)."""
+    import json
+
+    root.mkdir(parents=True)
+    manifest = {
+        "schema_version": 1,
+        "dataset": "refer_shapes",
+        "config_hash": config_hash,
+        "counts": {
+            "train": {"clips": 18, "objects": 30, "samples": 36, "shards": 3},
+            "test": {"clips": 6, "objects": 9, "samples": 18, "shards": 1},
+        },
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return root
+
+
+def test_shard_dataset_identity_and_tags(tmp_path):
+    import hashlib
+
+    from pipelines.mlops.tracking import dataset_tags, shard_dataset
+
+    root = _fake_shard_root(tmp_path / "shards")
+    sha = hashlib.sha256((root / "manifest.json").read_bytes()).hexdigest()
+    ds = shard_dataset(root, "test")
+    assert (ds.name, ds.digest, ds.manifest_sha256) == ("refer_shapes/test", sha[:32], sha)
+    assert ds.source == str(root.resolve()) and ds.config_hash == "cfg123"
+    assert ds.profile == {
+        "split": "test",
+        "clips": 6,
+        "objects": 9,
+        "samples": 18,
+        "shards": 1,
+        "config_hash": "cfg123",
+        "manifest_sha256": sha,
+    }
+    # the same shards seen through another spelling of the path: the same identity
+    same = shard_dataset(f"{tmp_path}/./shards/", "test")
+    assert (same.name, same.digest, same.source) == (ds.name, ds.digest, ds.source)
+    assert dataset_tags(root) == {
+        "dataset.root": str(root.resolve()),
+        "dataset.manifest_sha256": sha,
+        "dataset.config_hash": "cfg123",
+    }
+    with pytest.raises(KeyError, match="valid"):
+        shard_dataset(root, "valid")
+    missing = dataset_tags(tmp_path / "nowhere")
+    assert missing["dataset.manifest_sha256"] == missing["dataset.config_hash"] == "none"
+
+
+def test_log_inputs_round_trip_with_contexts(tmp_path):
+    import json
+
+    from pipelines.mlops.tracking import shard_dataset
+
+    root = _fake_shard_root(tmp_path / "shards")
+    other = _fake_shard_root(tmp_path / "shards-v2", config_hash="cfg456")  # re-prepared
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    train_ds, val_ds = shard_dataset(root, "train"), shard_dataset(root, "test")
+    tracker = Tracker.start({"tracking": {"uri": uri}}, system_metrics=False)
+    tracker.log_inputs([(train_ds, "training"), (val_ds, "validation")])
+    tracker.log_inputs([(train_ds, "training")])  # a resumed run logs them again: no duplicate
+    with pytest.raises(ValueError, match="context"):
+        tracker.log_inputs([(val_ds, "testing")])
+    tracker.end()
+    evaluation = Tracker.start({"tracking": {"uri": uri}}, system_metrics=False)
+    evaluation.log_inputs([(shard_dataset(other, "test"), "evaluation")])
+    evaluation.end()
+    assert tracker.failures == evaluation.failures == 0
+
+    client = _client(uri)
+
+    def inputs(run_id: str) -> dict[str, tuple[str, str, dict, dict]]:
+        out = {}
+        for di in client.get_run(run_id).inputs.dataset_inputs:
+            tags = {t.key: t.value for t in di.tags}
+            d = di.dataset
+            out[tags["mlflow.data.context"]] = (
+                d.name,
+                d.digest,
+                json.loads(d.source),
+                json.loads(d.profile),
+            )
+        return out
+
+    got = inputs(tracker.run_id)
+    assert sorted(got) == ["training", "validation"]
+    assert got["training"][:2] == ("refer_shapes/train", train_ds.digest)
+    assert got["validation"][:2] == ("refer_shapes/test", val_ds.digest)
+    assert got["training"][2] == {"uri": str(root.resolve())}
+    assert got["validation"][3]["samples"] == 18 and got["validation"][3]["config_hash"] == "cfg123"
+    # other shards under the same dataset name: same name, another digest
+    ev = inputs(evaluation.run_id)["evaluation"]
+    assert ev[0] == "refer_shapes/test" and ev[1] != val_ds.digest

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -11,11 +9,14 @@ import torch
 from pipelines.config import AugmentConfig
 from pipelines.data import (
     collate,
+    count_samples,
+    decode_val_rows,
     draw_augmentation,
     epoch_seed,
-    iter_val_samples,
     rows_from_batch,
+    sample_key,
     select_frames,
+    select_val_rows,
     swap_left_right,
 )
 
@@ -82,7 +83,7 @@ def test_augmentation_keeps_clip_and_mask_aligned(seed):
 
 
 def test_flip_swaps_left_and_right_in_text():
-    aug = dataclasses.replace(AUG, crop_prob=0.0, hflip=1.0)
+    aug = AUG.replace(crop_prob=0.0, hflip=1.0)
     s = make_sample(0, "the square moving left, right of the circle")
     b = collate([s], size=(32, 32), train=True, rng=0, augment=aug)
     assert b["flipped"] == [True]
@@ -93,7 +94,7 @@ def test_flip_swaps_left_and_right_in_text():
 
 
 def test_no_flip_of_left_right_expressions_without_swap():
-    aug = dataclasses.replace(AUG, crop_prob=0.0, hflip=1.0, swap_left_right=False)
+    aug = AUG.replace(crop_prob=0.0, hflip=1.0, swap_left_right=False)
     b = collate(
         [make_sample(0, "the leftmost circle")], size=(32, 32), train=True, rng=0, augment=aug
     )
@@ -127,7 +128,7 @@ def test_eval_collate_ignores_augmentation():
 
 
 def test_draw_uses_fixed_number_of_draws():
-    aug_off = dataclasses.replace(AUG, enabled=False)
+    aug_off = AUG.replace(enabled=False)
     g1, g2 = np.random.default_rng(0), np.random.default_rng(0)
     draw_augmentation(g1, AUG, "x")
     draw_augmentation(g2, aug_off, "x")
@@ -139,20 +140,26 @@ def test_rows_from_numpy_batch():
     assert rows_from_batch(batch) == [{"a": 0, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "z"}]
 
 
-def test_val_sharding_partitions_clips(monkeypatch):
-    import data_prep.shards as shards
+def test_val_rows_partition_the_split_over_ranks(tiny_shards):
+    """Training-time validation (``pipelines.train.loop``): rank r keeps the clips i with
+    i % world == r (``select_val_rows``) and decodes them (``decode_val_rows``); over the ranks
+    every sample of the split is seen exactly once (6 test clips, 18 samples)."""
+    from data_prep.shards import iter_clip_rows
 
-    def fake_iter_samples(row):
-        for j in range(row["n"]):
-            yield {"clip_id": row["clip_id"], "object_id": str(j), "mask": np.ones((2, 2))}
-
-    monkeypatch.setattr(shards, "iter_samples", fake_iter_samples)
-    rows = [{"clip_id": f"c{i}", "n": i % 3 + 1} for i in range(7)]
-    full = [(s["clip_id"], s["object_id"]) for s in iter_val_samples(rows)]
+    rows = list(iter_clip_rows(tiny_shards, "test"))
+    assert len(rows) == 6
+    full = [sample_key(s) for s in decode_val_rows(select_val_rows(rows))]
+    assert len(full) == len(set(full)) == count_samples(str(tiny_shards), "test") == 18
     parts = [
-        [(s["clip_id"], s["object_id"]) for s in iter_val_samples(rows, rank=r, world_size=3)]
-        for r in range(3)
+        [sample_key(s) for s in decode_val_rows(select_val_rows(rows, rank=r, world_size=4))]
+        for r in range(4)
     ]
-    assert sorted(sum(parts, [])) == sorted(full) and len(full) == sum(i % 3 + 1 for i in range(7))
-    limited = list(iter_val_samples(rows, limit=2))
-    assert {s["clip_id"] for s in limited} == {"c0", "c1"}
+    assert sorted(sum(parts, [])) == sorted(full)
+    # rank 1 of 4 holds clips 1 and 5; ranks 2 and 3 one clip each (no padding)
+    clip_ids = [r["clip_id"] for r in rows]
+    assert {k.split("/")[0] for k in parts[1]} == {clip_ids[1], clip_ids[5]}
+    assert [len({k.split("/")[0] for k in p}) for p in parts] == [2, 2, 1, 1]
+    limited = list(select_val_rows(rows, rank=0, world_size=1, limit=2))
+    assert [r["clip_id"] for r in limited] == clip_ids[:2]
+    samples = list(decode_val_rows(limited))
+    assert samples and all(s["mask"] is not None and s["mask"].size > 0 for s in samples)

@@ -23,12 +23,30 @@ them.
 MLflow restricts metric/param names to ``[A-Za-z0-9_\\-. /:]``; :func:`metric_key` maps the
 metric names of ``lstc.metrics`` (``P@0.5``, ``J&F``, ``mAP@0.5:0.95``) onto valid keys
 (``P_at_0.5``, ``J_and_F``, ``mAP_at_0.5-0.95``). Every logging method applies it.
+
+One step axis per metric key (so that two runs can be compared on any chart): every key
+belongs to a family of :data:`METRIC_FAMILIES` (``train/step/``: global optimizer step,
+``train/epoch/`` and ``val/``: epoch, ``best/``: one summary point at the best epoch,
+``eval/``: step 0, ``system/``: MLflow's own sample counter). :meth:`Tracker.log_metrics` takes
+the axis the caller logs on (``axis="epoch"``) and raises :class:`MetricAxisError` - before any
+I/O - for a family key logged on another axis (or without one), a ``system/`` key, or any key
+this tracker already logged on another axis. That is a programming error, the only one the
+tracker raises.
+
+Dataset lineage: :func:`shard_dataset` describes one split of a shard root as an MLflow dataset
+(name ``<manifest dataset>/<split>``, digest = the manifest's sha256, source = the shard root,
+profile = split counts + prep config hash); :meth:`Tracker.log_inputs` logs them with a context
+(``training`` / ``validation`` / ``evaluation``), so the same shards have the same dataset
+identity in training and evaluation runs; :func:`dataset_tags` gives the matching run tags
+``dataset.root``, ``dataset.manifest_sha256`` and ``dataset.config_hash``.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -37,7 +55,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +122,179 @@ def metric_key(name: str) -> str:
     return key.strip("/") or "_"
 
 
+# --------------------------------------------------------------------------- metric axes
+
+STEP_AXIS = "step"  # global optimizer step, 1-based
+EPOCH_AXIS = "epoch"  # epoch number, 1-based
+SUMMARY_AXIS = "summary"  # one value per run, at the epoch it comes from
+ONCE_AXIS = "once"  # one value per run, step 0
+SYSTEM_AXIS = "system"  # MLflow's system-metrics sample counter (MLflow logs these itself)
+AXES = (STEP_AXIS, EPOCH_AXIS, SUMMARY_AXIS, ONCE_AXIS, SYSTEM_AXIS)
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricFamily:
+    """Metric keys starting with ``prefix`` are logged on ``axis`` by ``logged_by``."""
+
+    prefix: str
+    axis: str
+    logged_by: str
+
+
+#: The step axis of every metric key the pipeline logs (docs/INTERFACES.md, "Metric keys").
+METRIC_FAMILIES: tuple[MetricFamily, ...] = (
+    MetricFamily("train/step/", STEP_AXIS, "training loop, rank 0, every log_every_steps steps"),
+    MetricFamily("train/epoch/", EPOCH_AXIS, "training loop, rank 0, end of every epoch"),
+    MetricFamily("val/", EPOCH_AXIS, "training loop, rank 0, after every epoch's validation"),
+    MetricFamily("best/", SUMMARY_AXIS, "training driver, end of the run (best checkpoint)"),
+    MetricFamily("eval/", ONCE_AXIS, "lstc eval (pipelines.eval.runner)"),
+    MetricFamily("system/", SYSTEM_AXIS, "MLflow's system-metrics monitor (training rank 0)"),
+)
+
+
+class MetricAxisError(ValueError):
+    """A metric key logged on a step axis other than its own (a programming error)."""
+
+
+def metric_family(key: str) -> MetricFamily | None:
+    """The family of a (sanitised) metric key; ``None`` for keys outside the scheme."""
+    k = metric_key(key)
+    for fam in METRIC_FAMILIES:
+        if k.startswith(fam.prefix):
+            return fam
+    return None
+
+
+def check_metric_axis(key: str, step: int | None, axis: str | None) -> None:
+    """Raise :class:`MetricAxisError` unless ``key`` may be logged at ``step`` on ``axis``."""
+    fam = metric_family(key)
+    if axis is not None and axis not in AXES:
+        raise MetricAxisError(f"{key}: unknown step axis {axis!r}; axes are {list(AXES)}")
+    if fam is not None:
+        if fam.axis == SYSTEM_AXIS:
+            raise MetricAxisError(f"{key}: system/ metrics are logged by MLflow's monitor only")
+        if axis != fam.axis:
+            raise MetricAxisError(
+                f"{key} is a {fam.prefix}* metric: log it with axis={fam.axis!r} "
+                f"(got axis={axis!r}; see docs/INTERFACES.md, metric keys)"
+            )
+    if axis == ONCE_AXIS and step not in (None, 0):
+        raise MetricAxisError(f"{key}: axis 'once' is logged at step 0, got step {step}")
+    if axis in (STEP_AXIS, EPOCH_AXIS, SUMMARY_AXIS) and (step is None or int(step) < 1):
+        raise MetricAxisError(f"{key}: axis {axis!r} counts from 1, got step {step}")
+
+
+# --------------------------------------------------------------------------- dataset lineage
+
+DATASET_CONTEXTS = ("training", "validation", "evaluation")
+_MAX_DIGEST = 32  # MLflow stores at most 36 characters of a dataset digest
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardDataset:
+    """One split of a prepared shard root, as an MLflow dataset (see :func:`shard_dataset`)."""
+
+    name: str  # "<manifest dataset>/<split>"
+    digest: str  # first 32 hex digits of manifest_sha256
+    source: str  # the shard root (absolute path or URI)
+    split: str
+    manifest_sha256: str  # sha256 of the bytes of <root>/manifest.json
+    config_hash: str  # the prep config hash recorded in the manifest
+    counts: dict[str, int]  # the split's clips / objects / samples / shards
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            **self.counts,
+            "config_hash": self.config_hash,
+            "manifest_sha256": self.manifest_sha256,
+        }
+
+    def to_entity(self) -> Any:
+        """The ``mlflow.entities.Dataset`` (source resolved by MLflow's source registry)."""
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import Dataset
+
+        with warnings.catch_warnings():
+            # local paths match MLflow's local source class twice ("" and "file" schemes)
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+            source = resolve_dataset_source(self.source)
+        meta = MetaDataset(source, name=self.name, digest=self.digest)
+        d = meta.to_dict()
+        return Dataset(
+            name=d["name"],
+            digest=d["digest"],
+            source_type=d["source_type"],
+            source=d["source"],
+            profile=json.dumps(self.profile, sort_keys=True),
+        )
+
+
+def _read_manifest_bytes(root: str) -> bytes:
+    from data_prep.storage import resolve
+
+    fs, path = resolve(root)
+    with fs.open_input_stream(path.rstrip("/") + "/manifest.json") as fh:
+        return fh.read()
+
+
+def _shard_source(root: str) -> str:
+    """The shard root as a dataset source: URIs as given, plain paths made absolute."""
+    from data_prep.storage import is_uri, resolve
+
+    return root.rstrip("/") if is_uri(root) else resolve(root)[1]
+
+
+def shard_dataset(root: str | os.PathLike, split: str) -> ShardDataset:
+    """The MLflow dataset identity of ``split`` of the shard root ``root``.
+
+    Raises ``OSError`` when the manifest cannot be read and ``KeyError`` when it does not list
+    ``split``.
+    """
+    root = str(root)
+    raw = _read_manifest_bytes(root)
+    manifest = json.loads(raw)
+    sha = hashlib.sha256(raw).hexdigest()
+    counts = manifest.get("counts", {})
+    if split not in counts:
+        raise KeyError(f"split {split!r} is not in {root} (splits: {sorted(counts)})")
+    return ShardDataset(
+        name=f"{manifest.get('dataset', 'shards')}/{split}",
+        digest=sha[:_MAX_DIGEST],
+        source=_shard_source(root),
+        split=split,
+        manifest_sha256=sha,
+        config_hash=str(manifest.get("config_hash", "")),
+        counts={k: int(v) for k, v in counts[split].items()},
+    )
+
+
+def dataset_tags(root: str | os.PathLike) -> dict[str, str]:
+    """Run tags naming the shards: ``dataset.root``, ``dataset.manifest_sha256`` (sha256 of
+    ``manifest.json``) and ``dataset.config_hash`` (the prep config hash); ``"none"`` when the
+    manifest cannot be read."""
+    root = str(root)
+    try:
+        raw = _read_manifest_bytes(root)
+        sha = hashlib.sha256(raw).hexdigest()
+        config_hash = str(json.loads(raw).get("config_hash", "")) or "none"
+    except (OSError, ValueError):
+        sha = config_hash = "none"
+    return {
+        "dataset.root": _shard_source(root),
+        "dataset.manifest_sha256": sha,
+        "dataset.config_hash": config_hash,
+    }
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, str]:
-    """Flatten nested mappings/dataclasses into ``{"a.b.c": "value"}`` strings (lists kept as text)."""
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}{sep}{k}" if prefix else str(k)
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            v = dataclasses.asdict(v)
-        if isinstance(v, Mapping):
-            if v:
-                out.update(flatten(v, key, sep))
-            else:
-                out[key] = "{}"
-        else:
-            out[key] = "None" if v is None else str(v)
-    return out
+    """Flatten nested mappings/dataclasses into ``{"a.b.c": "value"}`` strings: the same text as
+    ``Recipe.flatten`` (``null`` for None, JSON lists; see ``pipelines.config.flatten_params``)."""
+    from pipelines.config import flatten_params
+
+    return flatten_params(d, prefix, sep)
 
 
 def git_tags(path: str | os.PathLike | None = None) -> dict[str, str]:
@@ -235,6 +411,7 @@ class Tracker:
         self._lock = threading.RLock()
         self._pending: collections.deque = collections.deque(maxlen=_MAX_PENDING_METRICS)
         self._monitor: Any = None
+        self._axes: dict[str, str | None] = {}  # key -> step axis it was logged on
 
     # ---- construction
 
@@ -415,28 +592,62 @@ class Tracker:
             for _ in batch:
                 self._pending.popleft()
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log numeric metrics at ``step`` (non-numeric values are skipped, keys sanitised)."""
+    def log_metrics(
+        self, metrics: Mapping[str, Any], step: int | None = None, *, axis: str | None = None
+    ) -> None:
+        """Log numeric metrics at ``step`` on the step ``axis`` (non-numeric values are skipped,
+        keys sanitised). Raises :class:`MetricAxisError` (before any I/O) for a key logged on
+        another axis than its family's, or than this tracker logged it on before."""
+        keys = [metric_key(k) for k in metrics]
+        for key in keys:
+            check_metric_axis(key, step, axis)
+            seen = self._axes.setdefault(key, axis)
+            if seen != axis:
+                raise MetricAxisError(
+                    f"{key} was logged on axis {seen!r} by this run; now on {axis!r}: "
+                    "use a distinct key per step axis"
+                )
         if not self.enabled or self._ended:
             return
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
         entities = []
-        for k, v in metrics.items():
+        for key, v in zip(keys, metrics.values()):
             f = _to_float(v)
             if f is None:
                 continue
             if math.isinf(f):
                 f = math.copysign(1.7976931348623157e308, f)
-            entities.append(Metric(metric_key(k), f, ts, int(step or 0)))
+            entities.append(Metric(key, f, ts, int(step or 0)))
         if not entities:
             return
         self._pending.extend(entities)
         self._call("log_metrics", lambda: None)  # flushes the pending queue, this batch included
 
-    def log_metric(self, key: str, value: Any, step: int | None = None) -> None:
-        self.log_metrics({key: value}, step=step)
+    # ---- dataset inputs
+
+    def log_inputs(self, inputs: Sequence[tuple[ShardDataset, str]]) -> None:
+        """Log ``(dataset, context)`` pairs as the run's dataset inputs (context one of
+        :data:`DATASET_CONTEXTS`, stored as MLflow's ``mlflow.data.context`` input tag).
+        Logging the same dataset again is a no-op (MLflow keeps one input per name + digest)."""
+        for _, context in inputs:
+            if context not in DATASET_CONTEXTS:
+                raise ValueError(f"dataset context {context!r}: use one of {DATASET_CONTEXTS}")
+        if not inputs:
+            return
+
+        def do() -> None:
+            from mlflow.entities import DatasetInput, InputTag
+            from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+            items = [
+                DatasetInput(ds.to_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+                for ds, context in inputs
+            ]
+            self.client.log_inputs(self._run_id, datasets=items)
+
+        self._call("log_inputs", do)
 
     # ---- params / tags
 
@@ -502,9 +713,6 @@ class Tracker:
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
         """Log a dict as JSON (``.json``) or YAML (``.yaml``/``.yml``)."""
         self._call("log_dict", lambda: self.client.log_dict(self._run_id, dict(d), artifact_file))
-
-    def log_text(self, text: str, artifact_file: str) -> None:
-        self._call("log_text", lambda: self.client.log_text(self._run_id, text, artifact_file))
 
     # ---- system metrics
 
