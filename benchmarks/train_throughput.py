@@ -77,10 +77,10 @@ def run_one(shards: Path, work: Path, workers: int, epochs: int, cache: bool) ->
     return {
         "workers": workers,
         "cache_train": cache,
-        "train_samples_per_s": m["train/samples_per_s"],
-        "loader_samples_per_s": m["loader/samples_per_s"],
-        "ratio": m["loader/samples_per_s"] / m["train/samples_per_s"],
-        "epoch_train_s": m["time/train_epoch_s"],
+        "train_samples_per_s": m["train/epoch/samples_per_s"],
+        "loader_samples_per_s": m["train/epoch/loader_samples_per_s"],
+        "ratio": m["train/epoch/loader_samples_per_s"] / m["train/epoch/samples_per_s"],
+        "epoch_train_s": m["train/epoch/time_s"],
         "run_wall_s": wall,
     }
 

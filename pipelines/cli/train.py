@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train the LSTC network described by a YAML recipe on Ray Train workers "
         "(CPU or GPU, DDP), streaming the shards through Ray Data. Every epoch is validated and "
         "checkpointed; rerunning the same command (same train.run_name and train.storage_path) "
-        "resumes the run and re-attaches to its MLflow run. At the end the best checkpoint is "
+        "resumes the run and re-attaches to its MLflow run (a changed recipe stops with the "
+        "list of changed keys; --new-run starts afresh). At the end the best checkpoint is "
         "registered in the MLflow model registry (alias champion or challenger).",
         epilog="example: lstc train --config configs/refer_shapes_tiny.yaml "
         "data.root=data/refer_shapes/shards train.epochs=2 optim.lr=1e-3",
@@ -31,6 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="run name (same as train.run_name=...)")
     p.add_argument("--address", default=None, help="Ray address (default: RAY_ADDRESS or local)")
     p.add_argument("--no-register", action="store_true", help="do not register the best model")
+    p.add_argument(
+        "--new-run",
+        action="store_true",
+        help="start afresh under the same run name even if a run of that name exists (its "
+        "folder is kept as <name>.prev-<time>; a new MLflow run is created). Without it, "
+        "rerunning a name resumes the run, and stops with an error if the recipe changed",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     p.set_defaults(func=run)
 
@@ -53,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     from pipelines.train.driver import train
+    from pipelines.train.resume import RecipeChangedError
 
-    result = train(recipe, register=False if args.no_register else None)
+    try:
+        result = train(recipe, register=False if args.no_register else None, new_run=args.new_run)
+    except RecipeChangedError as exc:
+        print(f"lstc train: {exc}", file=sys.stderr)
+        return 2
     best = result.best_metrics
     print(
         json.dumps(

@@ -234,15 +234,13 @@ def _log_eval_run(
     seconds: float,
     zip_path: Path | None,
 ) -> None:
-    from pipelines.mlops.tracking import Tracker
+    from pipelines.mlops.tracking import Tracker, dataset_tags, shard_dataset
 
-    manifest_hash = ""
-    try:
-        from data_prep.shards import load_manifest
-
-        manifest_hash = str(load_manifest(root).get("config_hash", ""))
-    except Exception:  # noqa: BLE001 - a tag only
-        pass
+    try:  # the same dataset identity (name + digest) as the training run's inputs
+        inputs = [(shard_dataset(root, split), "evaluation")]
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"MLflow: dataset lineage not logged ({root}: {exc})", file=sys.stderr)
+        inputs = []
     name = tags.get("model_name") or Path(tags.get("checkpoint", "model")).name
     version = tags.get("model_version")
     tracker = Tracker.start(
@@ -255,7 +253,7 @@ def _log_eval_run(
             "lstc.kind": "eval",
             "eval.data": str(Path(root).resolve()),
             "eval.split": split,
-            "dataset.manifest_hash": manifest_hash,
+            **dataset_tags(root),
             **({"submission": str(zip_path)} if zip_path else {}),
         },
         system_metrics=False,
@@ -268,8 +266,11 @@ def _log_eval_run(
             "eval.num_workers": args.num_workers,
         }
     )
-    tracker.log_metrics({f"eval/{k}": v for k, v in results.items() if not _nan(v)}, step=0)
-    tracker.log_metrics({"eval/seconds": seconds}, step=0)
+    tracker.log_inputs(inputs)
+    tracker.log_metrics(
+        {f"eval/{k}": v for k, v in results.items() if not _nan(v)}, step=0, axis="once"
+    )
+    tracker.log_metrics({"eval/seconds": seconds}, step=0, axis="once")
     tracker.log_dict(dict(results), "eval_metrics.json")
     tracker.end()
     if tracker.run_id:

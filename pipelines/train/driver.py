@@ -5,27 +5,33 @@ the run's bookkeeping:
 
 * **Run directory** ``<train.storage_path>/<train.run_name>/`` is Ray Train's own experiment
   folder (its checkpoints ``checkpoint_epoch_NNNN`` and state live there). Beside them the
-  driver keeps ``mlflow_run_id`` (so a rerun re-attaches to the same MLflow run),
-  ``events.jsonl`` (rank 0's journal of attempts/epochs), ``best/`` and ``last/`` (copies of the
-  best and last checkpoints, written atomically) and ``summary.json``.
+  driver keeps ``recipe.yaml`` (the resolved recipe, which a rerun must keep),
+  ``mlflow_run_id`` (so a rerun re-attaches to the same MLflow run), ``events.jsonl`` (rank
+  0's journal of attempts/epochs), ``best/`` and ``last/`` (copies of the best and last
+  checkpoints, written atomically) and ``summary.json``.
 * **Resume**: rerunning with the same ``run_name``/``storage_path`` makes Ray Train restore its
   controller state and hand the latest checkpoint to ``ray.train.get_checkpoint()``; a worker
   failure inside a run is retried ``train.max_failures`` times from the latest checkpoint.
+  A rerun whose recipe changed (beyond :data:`pipelines.train.resume.RESUMABLE_KEYS`) stops
+  with :class:`pipelines.train.resume.RecipeChangedError` before anything starts;
+  ``new_run=True`` (``lstc train --new-run``) moves the old run directory aside and starts
+  afresh. A resumed run says so on the console (epoch, checkpoint, MLflow run).
+* **Callbacks**: ``train(recipe, callbacks=[...])`` hands worker callbacks
+  (:mod:`pipelines.train.callbacks`: notifications, tests' fault injection) to every worker.
 * **MLflow**: the run is created (or re-attached) here, in the driver, with the flattened
-  recipe as params, the resolved recipe as artifact and tags (git commit, dataset manifest
-  hash, recipe hash, Ray cluster resources, number of workers); rank 0 logs step/epoch metrics,
+  recipe as params, the resolved recipe as artifact, the train/validation splits as dataset
+  inputs (``pipelines.mlops.tracking.shard_dataset``) and tags (git commit,
+  ``dataset.manifest_sha256``, ``dataset.config_hash``, recipe hash, Ray cluster resources,
+  number of workers); rank 0 logs step/epoch metrics (keys and step axes: INTERFACES.md),
   overlays and curves into it; the driver registers the best checkpoint at the end
   (``pipelines.mlops.registry.register_checkpoint``). Tracking failures never stop training.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,30 +74,21 @@ def run_dir_of(recipe: Recipe) -> Path:
     return Path(recipe.train.storage_path).expanduser().resolve() / recipe.train.run_name
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def _dataset_inputs(recipe: Recipe) -> list[tuple[Any, str]]:
+    """The MLflow dataset inputs of a training run: the train split (context ``training``) and
+    the validation split (``validation``) of ``data.root``; none (with a warning) when the
+    manifest cannot be read."""
+    from pipelines.mlops.tracking import shard_dataset
 
-
-def _copy_dir_atomic(src: Path, dst: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
-    shutil.rmtree(tmp)
-    shutil.copytree(src, tmp)
-    from pipelines.checkpoint import replace_dir
-
-    replace_dir(tmp, dst)
-    return dst
-
-
-def manifest_hash(root: str) -> str | None:
-    """Hash of the dataset manifest (identifies the exact shards trained on)."""
-    path = Path(root) / "manifest.json"
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    d = recipe.data
+    try:
+        return [
+            (shard_dataset(d.root, d.train_split), "training"),
+            (shard_dataset(d.root, d.val_split), "validation"),
+        ]
+    except (OSError, KeyError, ValueError) as exc:
+        warnings.warn(f"dataset lineage not logged: {d.root}: {exc}", RuntimeWarning, stacklevel=3)
+        return []
 
 
 def _steps_per_epoch(recipe: Recipe) -> tuple[int, int]:
@@ -145,21 +142,58 @@ def _cluster_tags() -> dict[str, str]:
 # --------------------------------------------------------------------------------- driver
 
 
-def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
-    """Train ``recipe`` on Ray (resuming a run of the same name), then register the best model."""
+def train(
+    recipe: Recipe,
+    *,
+    register: bool | None = None,
+    callbacks: Sequence[Any] = (),
+    new_run: bool = False,
+) -> TrainResult:
+    """Train ``recipe`` on Ray (resuming a run of the same name), then register the best model.
+
+    A rerun of an existing run name must keep its recipe (up to
+    :data:`pipelines.train.resume.RESUMABLE_KEYS`), else :class:`RecipeChangedError` is raised
+    before Ray, MLflow or any file is touched. ``new_run=True`` starts afresh under the same
+    name: the old run directory is renamed to ``<name>.prev-<UTC time>`` and a new MLflow run
+    is created.
+
+    ``callbacks``: worker callbacks (:mod:`pipelines.train.callbacks`), called on every rank
+    after each optimizer step / epoch; they must pickle (they travel to the workers).
+    """
+    import ray.cloudpickle
     import ray.data
     import ray.train
     from ray.data import ExecutionOptions
     from ray.train.torch import TorchTrainer
 
+    from data_prep.storage import write_text
     from pipelines.data import build_train_dataset, build_val_clips
-    from pipelines.mlops.tracking import Tracker, resolve_tracking_uri
+    from pipelines.mlops.tracking import Tracker, dataset_tags, resolve_tracking_uri
     from pipelines.ray_setup import init_ray
     from pipelines.train.loop import append_event, train_loop_per_worker
+    from pipelines.train.resume import (
+        check_rerun,
+        describe_changes,
+        move_aside,
+        resume_message,
+        write_recipe,
+    )
 
     tr = recipe.train
-    init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
+    callbacks = list(callbacks)
+    try:
+        ray.cloudpickle.dumps(callbacks)
+    except Exception as exc:
+        raise TypeError(
+            f"train callbacks must pickle to reach the workers ({type(exc).__name__}: {exc}); "
+            "define them in an importable module or register theirs with "
+            "ray.cloudpickle.register_pickle_by_value"
+        ) from exc
     run_dir = run_dir_of(recipe)
+    # a rerun with a changed recipe stops here (RecipeChangedError), before anything starts
+    previous_dir = move_aside(run_dir) if new_run else None
+    point = None if new_run else check_rerun(recipe, run_dir)
+    init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(recipe.tracking.uri)
     n_train, steps_per_epoch = _steps_per_epoch(recipe)
@@ -169,7 +203,9 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
             f" fewer than num_workers x batch_size = {tr.num_workers * recipe.data.batch_size}"
         )
 
+    write_recipe(run_dir, recipe)  # what the next rerun is compared with
     previous_id = _mlflow_run_id(run_dir)
+    changed = point.changed if point is not None else {}
     tags = {
         "lstc.recipe_hash": recipe.hash(),
         "lstc.recipe_source": recipe.source,
@@ -178,30 +214,45 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
         "lstc.num_workers": str(tr.num_workers),
         "lstc.use_gpu": str(tr.use_gpu),
         "lstc.train_samples": str(n_train),
-        "dataset.root": str(Path(recipe.data.root).resolve()),
-        "dataset.manifest_hash": manifest_hash(recipe.data.root) or "none",
+        **dataset_tags(recipe.data.root),
         **_cluster_tags(),
     }
+    if changed:
+        tags["lstc.resume_changes"] = describe_changes(changed)
+    if previous_dir is not None:
+        tags["lstc.previous_run_dir"] = str(previous_dir)
+        tags["lstc.previous_mlflow_run_id"] = _mlflow_run_id(previous_dir) or "none"
     tracker = Tracker.start(
         recipe, run_id=previous_id, tags=tags, tracking_uri=tracking_uri, system_metrics=False
     )
     run_id = tracker.run_id
     if run_id and run_id != previous_id:
-        _write_text_atomic(run_dir / RUN_ID_FILE, run_id + "\n")
-    tracker.log_params(recipe.flatten())
+        write_text(run_dir / RUN_ID_FILE, run_id + "\n")
+    # MLflow params are immutable: keys changed on resume are recorded in lstc.resume_changes
+    tracker.log_params({k: v for k, v in recipe.flatten().items() if k not in changed})
     tracker.log_dict(recipe.to_dict(), "config/recipe.yaml")
-    append_event(run_dir, "driver_start", resumed=previous_id is not None, mlflow_run_id=run_id)
+    tracker.log_inputs(_dataset_inputs(recipe))
+    append_event(
+        run_dir,
+        "driver_start",
+        resumed=point is not None,
+        mlflow_run_id=run_id,
+        resume_epoch=point.epoch if point is not None else None,
+        changed={k: list(v) for k, v in changed.items()},
+        previous_run_dir=str(previous_dir) if previous_dir is not None else None,
+    )
+    if point is not None:
+        print(f"lstc train: {resume_message(tr.run_name, point, run_id)}", flush=True)
+        if changed:
+            print(f"lstc train: changed on resume: {describe_changes(changed)}", flush=True)
 
-    fail_at = tr.fail_at_epoch
-    if fail_at is None and os.environ.get("LSTC_FAIL_AT_EPOCH"):
-        fail_at = int(os.environ["LSTC_FAIL_AT_EPOCH"])
     loop_config = {
         "recipe": recipe.to_dict(),
         "run_dir": str(run_dir),
         "run_id": run_id,
         "tracking_uri": tracking_uri,
         "steps_per_epoch": steps_per_epoch,
-        "fail_at_epoch": fail_at,
+        "callbacks": callbacks,
     }
     # Datasets snapshot the DataContext when created: build them with deterministic block order
     # (and no progress bars in worker logs), then give the caller's context back.
@@ -232,7 +283,7 @@ def train(recipe: Recipe, *, register: bool | None = None) -> TrainResult:
         ),
         datasets={"train": train_ds, "val": val_ds},
         # Only "train" is split (equal shards); every worker reads the val clip rows and keeps
-        # its own (pipelines.data.iter_val_samples). preserve_order makes the split and the
+        # its own (pipelines.data.select_val_rows). preserve_order makes the split and the
         # order of rows deterministic, hence a resumed epoch sees the same data.
         dataset_config=ray.train.DataConfig(
             datasets_to_split=["train"], execution_options=ExecutionOptions(preserve_order=True)
@@ -257,6 +308,7 @@ def _finish(
     tracker: Any,
     register: bool | None,
 ) -> TrainResult:
+    from data_prep.storage import copy_dir, write_json
     from pipelines.checkpoint import load_metrics
 
     candidates = [(c, dict(m)) for c, m in (result.best_checkpoints or [])]
@@ -266,8 +318,9 @@ def _finish(
     if candidates:
         last_ckpt, last_m = max(candidates, key=lambda cm: int(cm[1].get("epoch", 0)))
         best_ckpt, best_m = _pick_best(recipe, candidates)
-        out.last_checkpoint = _copy_dir_atomic(Path(last_ckpt.path), run_dir / "last")
-        out.best_checkpoint = _copy_dir_atomic(Path(best_ckpt.path), run_dir / "best")
+        out.last_checkpoint, out.best_checkpoint = run_dir / "last", run_dir / "best"
+        copy_dir(last_ckpt.path, out.last_checkpoint)
+        copy_dir(best_ckpt.path, out.best_checkpoint)
         out.best_metrics, out.last_metrics = best_m, last_m
         tracker.set_tags(
             {
@@ -278,12 +331,13 @@ def _finish(
         )
         tracker.log_metrics(
             {f"best/{k.split('/', 1)[1]}": v for k, v in best_m.items() if k.startswith("val/")},
-            step=int(best_m.get("epoch", 0)),
+            step=int(best_m.get("epoch") or 1),
+            axis="summary",
         )
     do_register = recipe.registry.register if register is None else register
     if do_register and out.best_checkpoint is not None and run_id:
         out.registered = _register(recipe, out, run_id)
-    _write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(out.to_dict(), indent=2, default=str))
+    write_json(run_dir / SUMMARY_FILE, out.to_dict(), indent=2, sort_keys=False, default=str)
     return out
 
 

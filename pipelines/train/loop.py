@@ -9,17 +9,16 @@
    (``pipelines.data``) and the local shuffle from ``(seed, e)``;
 2. train on ``get_dataset_shard("train").iter_torch_batches(...)`` (collate + joint
    augmentation in Ray Data's prefetch threads), gradient accumulation with ``no_sync``,
-   bf16 autocast on CUDA (fp32 on CPU), gradient clipping, per-step LR schedule;
+   bf16 autocast on CUDA (fp32 on CPU; bf16 needs no loss scaling), gradient clipping,
+   per-step LR schedule; worker callbacks' ``on_step_end`` after each optimizer step;
 3. validate: rank-0 BatchNorm buffers are broadcast, each rank evaluates its own clips of the
    held-out split with ``pipelines.inference.evaluate`` on the bare module, the
    ``ReferringMetrics`` states are ``all_gather``-ed and merged (equal to one process);
 4. rank 0 writes a checkpoint (atomic) and every rank calls ``ray.train.report`` (rank 0 with
    the checkpoint); rank 0 logs metrics, an overlay grid of fixed validation samples and the
-   metric curves to MLflow.
-
-Fault-injection hook (tests): with ``fail_at_epoch = k`` the last rank raises after the first
-optimizer step of epoch ``k`` (1-based) — only when the marker file ``<run_dir>/fault_injected``
-does not exist yet, which it then creates, so the retry runs clean.
+   metric curves to MLflow;
+5. worker callbacks' ``on_epoch_end`` (:mod:`pipelines.train.callbacks`; the tests inject
+   worker faults through them).
 """
 
 from __future__ import annotations
@@ -37,12 +36,9 @@ from typing import Any
 
 import numpy as np
 
-FAULT_MARKER = "fault_injected"
 EVENTS_FILE = "events.jsonl"
-
-
-class InjectedFault(RuntimeError):
-    """Raised by the fault-injection hook."""
+#: keys of the epoch metrics that are bookkeeping, not MLflow metrics (``epoch`` is the step)
+BOOKKEEPING_KEYS = frozenset({"epoch", "global_step"})
 
 
 def append_event(run_dir: str | os.PathLike | None, event: str, **fields: Any) -> None:
@@ -238,9 +234,9 @@ def _epoch_summary(metrics: Mapping[str, Any], epochs: int) -> str:
     table (the full set goes to MLflow)."""
     parts = [
         f"epoch {metrics['epoch']}/{epochs}",
-        f"train loss {metrics['train/loss']:.4f}",
-        f"{metrics['train/samples_per_s']:.1f} samples/s",
-        f"lr {metrics['lr']:.2e}",
+        f"train loss {metrics['train/epoch/loss']:.4f}",
+        f"{metrics['train/epoch/samples_per_s']:.1f} samples/s",
+        f"lr {metrics['train/epoch/lr']:.2e}",
     ]
     val = [
         f"{name} {100 * metrics[key]:.1f}"
@@ -255,7 +251,8 @@ def _epoch_summary(metrics: Mapping[str, Any], epochs: int) -> str:
     if val:
         parts.append("val " + ", ".join(val))
     parts.append(
-        f"({metrics['time/train_epoch_s']:.0f} s train, {metrics['time/val_s']:.0f} s val)"
+        f"({metrics['train/epoch/time_s']:.0f} s train, "
+        f"{metrics['train/epoch/val_time_s']:.0f} s val)"
     )
     return "lstc train: " + " | ".join(parts)
 
@@ -286,6 +283,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     from pipelines.config import Recipe
     from pipelines.data import epoch_seed, select_val_rows
     from pipelines.mlops.tracking import Tracker, metric_key
+    from pipelines.train.callbacks import call_hook
     from pipelines.train.optim import build_optimizer, build_scheduler
 
     recipe = Recipe.from_dict(config["recipe"])
@@ -295,7 +293,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     device = ray.train.torch.get_device()
     tr = recipe.train
     steps_per_epoch = max(1, int(config.get("steps_per_epoch") or 1))
-    fail_at = config.get("fail_at_epoch")
+    callbacks = list(config.get("callbacks") or ())
 
     seed_everything(tr.seed)
     model = build_model(recipe.model)
@@ -317,15 +315,12 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     optimizer = build_optimizer(core, recipe)
     scheduler = build_scheduler(optimizer, recipe, steps_per_epoch)
     use_amp = bool(tr.amp and device.type == "cuda")
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # bf16 needs no loss scaling
     extra: dict[str, Any] = {}
     if state is not None:
         if state.get("optimizer"):
             optimizer.load_state_dict(state["optimizer"])
         if state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         extra = dict(state.get("extra") or {})
     history: dict[str, list[float]] = {k: list(v) for k, v in extra.get("history", {}).items()}
@@ -391,10 +386,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             if not sync:
                 continue
             if recipe.optim.grad_clip > 0:
-                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, recipe.optim.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
             global_step += 1
@@ -402,20 +395,11 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 step_loss = _all_mean(float(loss.detach()), 1.0, device)
                 if rank == 0:
                     tracker.log_metrics(
-                        {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0]},
+                        {"train/step/loss": step_loss, "train/step/lr": scheduler.get_last_lr()[0]},
                         step=global_step,
+                        axis="step",
                     )
-            if (
-                fail_at is not None
-                and epoch + 1 == int(fail_at)
-                and rank == world - 1
-                and run_dir
-                and not (Path(run_dir) / FAULT_MARKER).exists()
-            ):
-                Path(run_dir, FAULT_MARKER).write_text(f"rank {rank} epoch {epoch + 1}\n")
-                raise InjectedFault(
-                    f"injected fault: rank {rank} in epoch {epoch + 1} (train.fail_at_epoch)"
-                )
+            call_hook(callbacks, "on_step_end", epoch + 1, global_step, rank, str(run_dir or ""))
         if bar is not None:
             bar.close()
             sys.stdout.flush()
@@ -444,25 +428,31 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             keep=overlay_samples,
         )
         val_time = time.perf_counter() - t1
+        # keys: docs/INTERFACES.md "Metric keys" (one step axis per key; the same names in
+        # MLflow, Ray Train's reports and the checkpoint's metrics.json)
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "global_step": global_step,
-            "train/loss": train_loss,
-            "train/samples_per_s": samples_total / train_time if train_time > 0 else 0.0,
-            "time/train_epoch_s": train_time,
-            "time/val_s": val_time,
-            "lr": scheduler.get_last_lr()[0],
+            "train/epoch/loss": train_loss,
+            "train/epoch/lr": scheduler.get_last_lr()[0],
+            "train/epoch/samples_per_s": samples_total / train_time if train_time > 0 else 0.0,
+            "train/epoch/time_s": train_time,
+            "train/epoch/val_time_s": val_time,
         }
         if loader_rate is not None:
-            metrics["loader/samples_per_s"] = loader_rate
+            metrics["train/epoch/loader_samples_per_s"] = loader_rate
         for k, v in val.items():
             metrics[f"val/{metric_key(k)}"] = float(v)
-        for k in ("train/loss", *[f"val/{metric_key(k)}" for k in val]):
+        for k in ("train/epoch/loss", *[f"val/{metric_key(k)}" for k in val]):
             history.setdefault(k, []).append(float(metrics[k]))
 
         if rank == 0:
             print(_epoch_summary(metrics, tr.epochs), flush=True)
-            tracker.log_metrics(metrics, step=epoch + 1)
+            tracker.log_metrics(
+                {k: v for k, v in metrics.items() if k not in BOOKKEEPING_KEYS},
+                step=epoch + 1,
+                axis="epoch",
+            )
             grid = _overlay_grid(core, recipe, overlay_samples)
             if grid is not None:
                 tracker.log_image(grid, f"overlays/epoch_{epoch + 1:03d}.png")
@@ -487,7 +477,6 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                     global_step=global_step,
                     optimizer=optimizer,
                     scheduler=scheduler,
-                    scaler=scaler,
                     metrics=metrics,
                     extra=extra,
                 )
@@ -497,6 +486,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 checkpoint=checkpoint,
                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
             )
+        call_hook(callbacks, "on_epoch_end", epoch + 1, rank, str(run_dir or ""), metrics)
     if rank == 0:
         append_event(run_dir, "train_end", epoch=tr.epochs, global_step=global_step)
         tracker.end("FINISHED")
@@ -505,7 +495,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
 def _log_curves(tracker: Any, history: Mapping[str, list[float]]) -> None:
     from lstc.visualize import plot_curves
 
-    keys = [k for k in history if k == "train/loss" or k.split("/")[-1] in _CURVE_KEYS]
+    keys = [k for k in history if k == "train/epoch/loss" or k.split("/")[-1] in _CURVE_KEYS]
     if not keys or not tracker.enabled:
         return
     with tempfile.TemporaryDirectory(prefix="lstc-curves-") as tmp:
@@ -520,8 +510,6 @@ _CURVE_KEYS = {"overall_iou", "mean_iou", "mAP_at_0.5-0.95", "J_and_F", "P_at_0.
 
 __all__ = [
     "EVENTS_FILE",
-    "FAULT_MARKER",
-    "InjectedFault",
     "read_events",
     "train_loop_per_worker",
     "validate",
