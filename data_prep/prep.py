@@ -28,12 +28,8 @@ from data_prep.readers import get_reader
 from data_prep.readers.base import IndexUnit
 from data_prep.samples import Reject
 from data_prep.schema import SCHEMA_VERSION
-from data_prep.shard_writer import (
-    atomic_write_bytes,
-    progress_path,
-    sha256_file,
-    write_shard,
-)
+from data_prep.shard_writer import progress_path, sha256_file, write_shard
+from data_prep.storage import TMP_GLOB, atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -199,7 +195,8 @@ def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _clean_tmp(out: Path) -> None:
-    for p in list(out.glob("**/.*.tmp-*")):
+    """Remove temporary files a killed run left (:mod:`data_prep.storage` names)."""
+    for p in list(out.glob(f"**/{TMP_GLOB}")):
         p.unlink(missing_ok=True)
 
 
@@ -208,8 +205,11 @@ def _init_ray(cfg: PrepConfig) -> None:
 
     if ray.is_initialized():
         return
-    if cfg.address:
-        ray.init(address=cfg.address, log_to_driver=False)
+    # Under a Ray Job, RAY_ADDRESS is set and ray.init refuses num_cpus/object_store_memory:
+    # join the cluster as it is; size a local instance only when there is no cluster.
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
     else:
         ray.init(
             num_cpus=cfg.num_cpus,
@@ -323,9 +323,7 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
             for rec in records
         ],
     }
-    atomic_write_bytes(
-        out / "manifest.json", (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
-    )
+    write_json(out / "manifest.json", manifest, indent=1)
     fresh = [done[p["path"]] for p in todo]
     return PrepSummary(
         out=str(out),
@@ -384,9 +382,8 @@ def _write_rejects(path: Path, rejects: list[dict[str, str]]) -> None:
     from data_prep.schema import REJECT_SCHEMA
 
     table = pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 __all__ = [

@@ -26,9 +26,9 @@ FORBIDDEN_TOP = {
 #: layers inside ``pipelines``: a module may import modules of a lower layer, or of its own
 #: layer only inside the same sub-package (so ``train`` and ``eval`` never import each other)
 PIPELINE_LAYERS: dict[str, int] = {
-    "pipelines.fs": 0,
     "pipelines.config": 0,
     "pipelines.ray_setup": 0,
+    "pipelines.jobs": 1,
     "pipelines.data": 1,
     "pipelines.checkpoint": 1,
     "pipelines.inference": 2,

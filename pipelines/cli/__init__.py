@@ -19,6 +19,7 @@ STAGES: tuple[str, ...] = (
     "pipelines.cli.train",  # lstc train
     "pipelines.cli.eval",  # lstc eval
     "pipelines.cli.demo",  # lstc demo
+    "pipelines.cli.submit",  # lstc submit, lstc jobs
 )
 
 

@@ -1,0 +1,145 @@
+"""``lstc submit`` and ``lstc jobs``: run lstc commands as Ray Jobs on a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+SUBMITTABLE = ("synth", "prep", "train", "eval", "demo")
+
+
+def _address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray Jobs API of the head, http://<head>:8265 (default: RAY_ADDRESS, then a "
+        "local cluster)",
+    )
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "submit",
+        help="run an lstc command as a Ray Job on a cluster and stream its logs",
+        description="Submit `lstc COMMAND ARGS...` to a Ray cluster through the Job Submission "
+        "SDK. The job gets this checkout as its working dir (without .venv, data/, outputs/, "
+        "MLflow stores) and the settings every node needs (MLFLOW_TRACKING_URI, AWS_* and "
+        "MLFLOW_S3_ENDPOINT_URL, LSTC_*), joins the cluster through RAY_ADDRESS, and its logs "
+        "stream here. The exit code is the job's: 0 succeeded, 1 failed, 143 stopped. Paths "
+        "in ARGS are read on the cluster: use URIs (s3://...) or shared mounts.",
+        epilog="examples:\n"
+        "  lstc submit --address http://127.0.0.1:8265 prep --dataset a2d --root s3://b/a2d "
+        "--out s3://b/shards/a2d\n"
+        "  lstc submit train --config configs/a2d_paper.yaml train.storage_path=s3://b/runs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _address(p)
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment variable for the job (repeatable)",
+    )
+    p.add_argument("--no-follow", action="store_true", help="print the job id and return")
+    p.add_argument("--submission-id", default=None, help="job id to use (default: generated)")
+    p.add_argument(
+        "--entrypoint-resources",
+        default=None,
+        metavar="JSON",
+        help="custom resources for the job driver, e.g. '{\"head\": 1}'",
+    )
+    p.add_argument("--working-dir", default=None, help="tree to ship (default: this checkout)")
+    p.add_argument("command", choices=SUBMITTABLE, help="the lstc command to run")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    p.set_defaults(func=run_submit)
+
+    j = subparsers.add_parser(
+        "jobs",
+        help="list, inspect, follow or stop the Ray Jobs of a cluster",
+        description="Manage Ray Jobs submitted with `lstc submit`.",
+    )
+    jsub = j.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, helptext in (
+        ("list", "jobs of the cluster, newest first"),
+        ("status", "status of one job"),
+        ("logs", "logs of one job (--follow streams until it ends)"),
+        ("stop", "stop a running job"),
+    ):
+        q = jsub.add_parser(name, help=helptext, description=helptext)
+        _address(q)
+        if name != "list":
+            q.add_argument("job_id", help="submission id printed by `lstc submit`")
+        if name == "logs":
+            q.add_argument("--follow", action="store_true", help="stream until the job ends")
+        q.set_defaults(func=run_jobs)
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--env {item!r} is not KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from pipelines.jobs import JobError, JobSpec, exit_code, follow, submit
+
+    try:
+        resources = json.loads(args.entrypoint_resources) if args.entrypoint_resources else {}
+        spec = JobSpec(
+            args=(args.command, *args.args),
+            working_dir=args.working_dir,
+            env=_parse_env(args.env),
+            entrypoint_resources=resources,
+            submission_id=args.submission_id,
+        )
+        job_id = submit(spec, address=args.address)
+    except (JobError, ValueError) as exc:
+        print(f"lstc submit: {exc}", file=sys.stderr)
+        return 2
+    print(f"lstc submit: job {job_id}: {spec.entrypoint}", flush=True)
+    if args.no_follow:
+        print(job_id)
+        return 0
+    try:
+        final = follow(job_id, address=args.address)
+    except KeyboardInterrupt:
+        print(
+            f"\nlstc submit: stopped following; job {job_id} goes on "
+            f"(lstc jobs logs --follow {job_id} / lstc jobs stop {job_id})",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"lstc submit: job {job_id} {final}", file=sys.stderr)
+    return exit_code(final)
+
+
+def run_jobs(args: argparse.Namespace) -> int:
+    from pipelines import jobs
+
+    try:
+        if args.action == "list":
+            rows = jobs.list_jobs(address=args.address)
+            print(f"{'SUBMISSION ID':<28} {'STATUS':<10} ENTRYPOINT")
+            for r in rows:
+                print(f"{r['submission_id']:<28} {r['status']:<10} {r['entrypoint']}")
+            return 0
+        if args.action == "status":
+            print(jobs.status(args.job_id, address=args.address))
+            return 0
+        if args.action == "logs":
+            if args.follow:
+                return jobs.exit_code(jobs.follow(args.job_id, address=args.address))
+            print(jobs.logs(args.job_id, address=args.address), end="")
+            return 0
+        stopped = jobs.stop(args.job_id, address=args.address)
+        print(f"job {args.job_id}: {'stop requested' if stopped else 'was not running'}")
+        return 0
+    except jobs.JobError as exc:
+        print(f"lstc jobs: {exc}", file=sys.stderr)
+        return 2
