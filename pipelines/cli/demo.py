@@ -14,8 +14,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the whole pipeline on a synthetic benchmark (synth -> prep -> train -> eval)",
         description="Generate the synthetic refer-shapes benchmark, prepare its shards with Ray "
         "Data, train the tiny LSTC recipe with Ray Train (tracked in MLflow, best model "
-        "registered), then evaluate the registered champion. Offline, CPU, resumable: rerun "
-        "the same command to finish an interrupted demo.",
+        "registered), then evaluate the registered model. Offline, CPU, resumable: rerun "
+        "the same command to finish an interrupted demo (finished stages are kept). Ends by "
+        "writing <workdir>/demo_summary.md and demo_summary.json: metrics, timings, machine, "
+        "git commit, command line, MLflow run ids.",
     )
     p.add_argument(
         "--workdir", default="data/refer_shapes", help="where data goes (default %(default)s)"
