@@ -51,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="custom resources for the job driver, e.g. '{\"head\": 1}'",
     )
     p.add_argument("--working-dir", default=None, help="tree to ship (default: this checkout)")
-    p.add_argument("command", choices=SUBMITTABLE, help="the lstc command to run")
+    p.add_argument(
+        "job_command", metavar="COMMAND", choices=SUBMITTABLE, help="the lstc command to run"
+    )
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     p.set_defaults(func=run_submit)
 
@@ -92,7 +94,7 @@ def run_submit(args: argparse.Namespace) -> int:
     try:
         resources = json.loads(args.entrypoint_resources) if args.entrypoint_resources else {}
         spec = JobSpec(
-            args=(args.command, *args.args),
+            args=(args.job_command, *args.args),
             working_dir=args.working_dir,
             env=_parse_env(args.env),
             entrypoint_resources=resources,
