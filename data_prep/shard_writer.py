@@ -3,8 +3,9 @@
 A shard plan is a JSON-able dict (see :func:`data_prep.plan.plan_shards`): the clips of the
 shard, each with its video reference, target frame and objects (mask reference +
 expressions). The writer decodes each video once for all its clips in the shard, encodes
-every needed frame once, writes ``<split>/part-NNNNN.parquet`` through a temporary file and
-``os.replace``, then records a progress file (sha256, counts, rejects) the same way. Bad
+every needed frame once, writes ``<split>/part-NNNNN.parquet`` atomically (a temporary file
+renamed into place, :mod:`data_prep.storage`), then records a progress file (sha256, counts,
+rejects) the same way. Bad
 input becomes rejects; the task itself only fails on bugs or system errors.
 """
 
@@ -26,6 +27,7 @@ from data_prep.decode import DecodeError, open_video
 from data_prep.masks import MaskError, MaskLoader, mask_png
 from data_prep.samples import MaskRef, Reject, VideoRef
 from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
+from data_prep.storage import atomic_path, write_json
 
 
 def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:
@@ -53,15 +55,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def progress_path(out: Path, rel: str) -> Path:
@@ -216,20 +209,16 @@ def write_shard(
         rows.extend(_clip_rows(list(group), spec, rejects, stats, masks))
     table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
     final = out_dir / plan["path"]
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    pq.write_table(
-        table,
-        tmp,
-        compression="snappy",
-        use_dictionary=["dataset", "split", "video_id"],
-        write_statistics=["schema_version", "target_frame", "video_id"],
-        row_group_size=max(len(rows), 1),
-    )
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    digest = sha256_file(tmp)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        pq.write_table(
+            table,
+            tmp,
+            compression="snappy",
+            use_dictionary=["dataset", "split", "video_id"],
+            write_statistics=["schema_version", "target_frame", "video_id"],
+            row_group_size=max(len(rows), 1),
+        )
+        digest = sha256_file(tmp)
     record = {
         "path": plan["path"],
         "split": plan["split"],
@@ -241,7 +230,5 @@ def write_shard(
         "rejects": [r.to_dict() for r in rejects],
         "source_digest": _source_digest(clips, plan.get("root", "")),
     }
-    rec_path = progress_path(out_dir, plan["path"])
-    rec_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(rec_path, json.dumps(record, sort_keys=True).encode())
+    write_json(progress_path(out_dir, plan["path"]), record)
     return record

@@ -321,14 +321,15 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> str:
     """
     import av
 
+    from data_prep.storage import atomic_path
+
     codec = "libx264"
     try:
         av.codec.Codec(codec, "w")
     except Exception:
         codec = "mpeg4"
     yuv = rgb_to_yuv420p(frames)
-    tmp = path.with_name(path.name + ".tmp.mp4")
-    with av.open(str(tmp), "w") as container:
+    with atomic_path(path, suffix=".mp4") as tmp, av.open(str(tmp), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         cc = stream.codec_context
@@ -345,7 +346,6 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> str:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
     return codec
 
 

@@ -330,42 +330,6 @@ class ReferringMetrics:
             self._seen.add(key)
         return True
 
-    def process_batch(
-        self,
-        preds: Iterable[Any],
-        gts: Iterable[Any],
-        *,
-        scores: Iterable[float] | None = None,
-        groups: Iterable[str | None] | None = None,
-        keys: Iterable[str | None] | None = None,
-        tracks: Iterable[str | None] | None = None,
-    ) -> int:
-        """:meth:`process` over parallel sequences; returns how many samples were added."""
-        preds, gts = list(preds), list(gts)
-        if len(preds) != len(gts):
-            raise ValueError(f"{len(preds)} predictions but {len(gts)} ground truths")
-        n = len(preds)
-
-        def col(values: Iterable[Any] | None, default: Any, name: str) -> list[Any]:
-            if values is None:
-                return [default] * n
-            values = list(values)
-            if len(values) != n:
-                raise ValueError(f"{name} has {len(values)} entries, expected {n}")
-            return values
-
-        added = 0
-        for p, g, s, gr, k, t in zip(
-            preds,
-            gts,
-            col(scores, 1.0, "scores"),
-            col(groups, None, "groups"),
-            col(keys, None, "keys"),
-            col(tracks, None, "tracks"),
-        ):
-            added += self.process(p, g, score=s, group=gr, key=k, track=t)
-        return added
-
     # -- state / merge ------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:

@@ -3,14 +3,15 @@
 A checkpoint is a directory::
 
     model.pt         state dict of the bare LSTC module (no DDP prefix)
-    train_state.pt   optimizer, scheduler, grad scaler, epoch (completed), global step,
+    train_state.pt   optimizer, scheduler, epoch (completed), global step,
                      RNG states (python, numpy, torch CPU, torch CUDA when present), extra
     recipe.yaml      the resolved recipe
     metrics.json     metrics of the epoch that produced it
 
 :func:`save_checkpoint` writes everything into a sibling temporary directory and renames it
-into place (``os.replace`` of a directory is atomic on POSIX), so a crash never leaves a
-half-written checkpoint under the final name.
+into place (``data_prep.storage.atomic_dir``), so a crash never leaves a half-written
+checkpoint under the final name. (Checkpoints written before the grad scaler was dropped hold
+a ``scaler`` entry in ``train_state.pt``; it is ignored.)
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,18 +78,6 @@ def _json_safe(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the finished folder `tmp` (a sibling of `final`) into place: a reader sees the
-    old folder or the new one, never a half-written one."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     *,
@@ -100,7 +87,6 @@ def save_checkpoint(
     global_step: int,
     optimizer: Any = None,
     scheduler: Any = None,
-    scaler: Any = None,
     metrics: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -111,10 +97,10 @@ def save_checkpoint(
     """
     import torch
 
+    from data_prep.storage import atomic_dir
+
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with atomic_dir(final) as tmp:
         torch.save(unwrap(model).state_dict(), tmp / MODEL_FILE)
         torch.save(
             {
@@ -122,7 +108,6 @@ def save_checkpoint(
                 "global_step": int(global_step),
                 "optimizer": optimizer.state_dict() if optimizer is not None else None,
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_state(),
                 "extra": dict(extra or {}),
             },
@@ -135,10 +120,6 @@ def save_checkpoint(
             json.dumps(_json_safe({"epoch": epoch, **(metrics or {})}), indent=2, sort_keys=True),
             encoding="utf-8",
         )
-        replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -3,11 +3,11 @@
 * :func:`build_train_dataset` — Ray Data: shard reading + clip/mask decoding
   (``data_prep.shards.read_samples``, in Ray Data tasks), samples without ground truth dropped.
   Ray Train splits it over the workers (``get_dataset_shard("train")``).
-* :func:`build_eval_dataset` — the decoded samples of a split (``lstc eval``).
 * :func:`build_val_clips` — the *undecoded* clip rows of the validation split, for training-time
   validation: every worker sees all rows, keeps the clips of its rank (``clip_index % world ==
   rank``, in the dataset's deterministic order) and decodes only those; the union over ranks is
-  the whole split, with no padding and no duplicates, so merged metrics equal one process's.
+  the whole split, with no padding and no duplicates, so merged metrics equal one process's
+  (:func:`select_val_rows`, then :func:`decode_val_rows`).
 * :func:`collate` — decoded samples -> model batch: frame selection (``num_frames`` around the
   target), resize to the model size and, when ``train``, the **joint clip + mask augmentation**:
 
@@ -51,14 +51,6 @@ _LR = re.compile(r"\b(left|right)(most|ward|wards|hand|-hand)?\b", re.IGNORECASE
 # ------------------------------------------------------------------------------ datasets
 
 
-def _root_and_split(recipe_or_root: Any, split: str | None) -> tuple[str, str]:
-    if isinstance(recipe_or_root, str | bytes) or hasattr(recipe_or_root, "__fspath__"):
-        if split is None:
-            raise ValueError("build_eval_dataset(root, split): split is required with a root")
-        return str(recipe_or_root), split
-    return recipe_or_root.data.root, split or recipe_or_root.data.val_split
-
-
 def _has_mask(row: Mapping[str, Any]) -> bool:
     m = row.get("mask")
     return m is not None and np.asarray(m).size > 0
@@ -69,15 +61,6 @@ def build_train_dataset(recipe: Recipe) -> ray.data.Dataset:
     from data_prep.shards import read_samples
 
     return read_samples(recipe.data.root, recipe.data.train_split).filter(_has_mask)
-
-
-def build_eval_dataset(recipe_or_root: Any, split: str | None = None) -> ray.data.Dataset:
-    """Decoded samples of a split: ``build_eval_dataset(recipe)`` (its ``val_split``) or
-    ``build_eval_dataset(root, split)``."""
-    from data_prep.shards import read_samples
-
-    root, split = _root_and_split(recipe_or_root, split)
-    return read_samples(root, split)
 
 
 def build_val_clips(recipe: Recipe) -> ray.data.Dataset:
@@ -163,20 +146,6 @@ def decode_val_rows(rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any
         for s in iter_samples(row):
             if _has_mask(s):
                 yield s
-
-
-def iter_val_samples(
-    clip_rows: Iterable[Mapping[str, Any]],
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-    limit: int | None = None,
-) -> Iterator[dict[str, Any]]:
-    """Decoded samples of this rank's clips (see :func:`select_val_rows`), samples without
-    ground truth skipped."""
-    yield from decode_val_rows(
-        select_val_rows(clip_rows, rank=rank, world_size=world_size, limit=limit)
-    )
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -382,7 +351,6 @@ def eval_batches(
 
 __all__ = [
     "batched",
-    "build_eval_dataset",
     "build_train_dataset",
     "build_val_clips",
     "collate",
@@ -392,7 +360,6 @@ __all__ = [
     "epoch_seed",
     "eval_batches",
     "decode_val_rows",
-    "iter_val_samples",
     "select_val_rows",
     "rows_from_batch",
     "sample_key",

@@ -418,17 +418,32 @@ def test_rerun_with_changed_recipe_stops_before_anything(
     assert _run_ids(train_env, recipe.tracking.experiment) == runs_before
 
 
-def test_rerun_of_same_recipe_says_it_resumes(rerun_base, tiny_shards, train_env, capsys):
+def test_rerun_says_it_resumes_and_records_an_allowed_change(
+    rerun_base, tiny_shards, train_env, capsys
+):
+    """The same recipe up to train.max_failures (a key a resume may change): the run resumes,
+    says so, records the change as a tag (MLflow params are immutable), logs nothing twice."""
+    import warnings
+
     from pipelines.train.driver import train
 
     recipe, first = rerun_base
-    result = train(rerun_recipe(tiny_shards, train_env), register=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(rerun_recipe(tiny_shards, train_env, "train.max_failures=3"), register=False)
     out = capsys.readouterr().out
     ckpt = first.run_dir / "checkpoint_epoch_0001"
     line = f"resuming run {RERUN} from epoch 1 checkpoint {ckpt} (MLflow run {first.mlflow_run_id})"
     assert line in out, out[-3000:]
+    assert "changed on resume: train.max_failures 2 -> 3" in out
+    assert not [w for w in caught if "MLflow" in str(w.message)], [str(w.message) for w in caught]
     assert result.mlflow_run_id == first.mlflow_run_id
     assert epoch_starts(first.run_dir) == [1]  # the finished epoch was not trained again
+    run = client(train_env).get_run(first.mlflow_run_id)
+    assert run.data.params["train.max_failures"] == "2"
+    assert run.data.tags["lstc.resume_changes"] == "train.max_failures 2 -> 3"
+    assert len(run.inputs.dataset_inputs) == 2  # training + validation, not logged twice
+    assert "max_failures: 3" in (first.run_dir / "recipe.yaml").read_text()
 
 
 def test_new_run_starts_fresh_and_keeps_the_old_run(rerun_base, tiny_shards, train_env):

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.storage import atomic_path
+
 ANNOTATIONS = "Annotations"
 #: at most this many problems are spelled out in an error message
 MAX_LISTED = 20
@@ -82,10 +84,8 @@ class SubmissionWriter:
                 f"two masks for {video_id}/{exp_id}/{stem}.png: expression ids must be unique "
                 "within a video (Ref-YouTube-VOS layout)"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".png.tmp")
-        Image.fromarray(png, mode="L").save(tmp, format="PNG")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(png, mode="L").save(tmp, format="PNG")
         self.expected.setdefault(str(video_id), {}).setdefault(str(exp_id), []).append(stem)
         self.sizes.setdefault(str(video_id), (png.shape[0], png.shape[1]))
         return path
@@ -198,11 +198,8 @@ def zip_submission(
     root = Path(root)
     validate_submission(root, expected, sizes=sizes)
     out = Path(out_zip)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         for path in sorted((root / ANNOTATIONS).rglob("*")):
             if path.is_file():
                 zf.write(path, path.relative_to(root).as_posix())
-    os.replace(tmp, out)
     return out
