@@ -5,7 +5,9 @@ The slow test runs ``python -m pipelines.cli demo --scale tiny train.epochs=1 ..
 storage, joined to the session's Ray instance through ``RAY_ADDRESS``; then runs the same
 command again. The first run must write ``demo_summary.json`` / ``.md`` whose metrics are
 those of the eval MLflow run; the second must keep every finished stage (no new epoch, no new
-model version, the same eval run) and rewrite a summary with the same figures.
+model version, the same eval run) and rewrite a summary with the same figures. A third run
+with a recipe the finished training run cannot resume under must stop cleanly (exit code 2)
+and leave the summary alone.
 
 The fast tests check the markdown and command-line rendering on hand-made values.
 """
@@ -320,3 +322,26 @@ def test_recorded_training_is_reused_only_when_it_still_holds(demo_runs):
     finally:
         shutil.move(moved, best)
     assert not math.isnan(float(record["result"]["best_metrics"]["val/mean_iou"]))
+
+
+@pytest.mark.slow
+def test_changed_recipe_is_refused_and_keeps_the_summary(demo_runs, ray_local):
+    """The same work dir with a recipe the finished run cannot resume under (another lr):
+    exit code 2 with the changed key named, nothing trained, the summary left as it was."""
+    env, _ = demo_runs
+    js = env["work"] / "demo_summary.json"
+    before = js.read_bytes()
+    proc_env = {**os.environ, "RAY_ADDRESS": ray_local.get_runtime_context().gcs_address}
+    proc_env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *env["args"], "optim.lr=0.5"],
+        cwd=env["base"],
+        env=proc_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "optim.lr" in proc.stderr and "train.run_name" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert js.read_bytes() == before

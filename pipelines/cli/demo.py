@@ -41,10 +41,18 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.config import ConfigError
     from pipelines.demo import DemoOptions, run_demo
     from pipelines.eval.loading import EvalError
+    from pipelines.train.resume import RecipeChangedError
 
     opts = DemoOptions(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
     try:
         return run_demo(opts)
     except (ConfigError, EvalError) as exc:
         print(f"lstc demo: {exc}", file=sys.stderr)
+        return 2
+    except RecipeChangedError as exc:
+        print(
+            f"lstc demo: {exc}\n(the demo has no --new-run: pass another train.run_name=..., "
+            f"or delete {exc.run_dir} to start that run afresh)",
+            file=sys.stderr,
+        )
         return 2
