@@ -56,11 +56,24 @@ def _has_mask(row: Mapping[str, Any]) -> bool:
     return m is not None and np.asarray(m).size > 0
 
 
-def build_train_dataset(recipe: Recipe) -> ray.data.Dataset:
-    """Decoded training samples (with ground truth) of ``recipe.data.train_split``."""
-    from data_prep.shards import read_samples
+def _samples_with_mask(row: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """The decoded samples of one clip row that have ground truth."""
+    from data_prep.shards import iter_samples
 
-    return read_samples(recipe.data.root, recipe.data.train_split).filter(_has_mask)
+    for s in iter_samples(row):
+        if _has_mask(s):
+            yield s
+
+
+def build_train_dataset(recipe: Recipe) -> ray.data.Dataset:
+    """Decoded training samples (with ground truth) of ``recipe.data.train_split``.
+
+    Samples without ground truth are dropped inside the decoding ``flat_map`` rather than by a
+    ``Dataset.filter`` with a Python function, which Ray Data warns about on every run (it
+    wants ``filter(expr=...)``, and an expression cannot test a decoded mask's size)."""
+    from data_prep.shards import read_clips
+
+    return read_clips(recipe.data.root, recipe.data.train_split).flat_map(_samples_with_mask)
 
 
 def build_val_clips(recipe: Recipe) -> ray.data.Dataset:
@@ -140,12 +153,8 @@ def select_val_rows(
 
 def decode_val_rows(rows: Iterable[Mapping[str, Any]]) -> Iterator[dict[str, Any]]:
     """Decoded samples (with ground truth) of clip rows."""
-    from data_prep.shards import iter_samples
-
     for row in rows:
-        for s in iter_samples(row):
-            if _has_mask(s):
-                yield s
+        yield from _samples_with_mask(row)
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -4,17 +4,34 @@ Ray Train V2 starts a ``PlacementGroupCleaner`` actor that polls the Ray State A
 second; on a local instance started without the dashboard (our default: it costs a process
 and memory on small machines) that API is absent and the actor logs a warning per poll, which
 floods the console. That logger and the per-report INFO lines of the worker context are
-quieted; everything else keeps Ray's defaults.
+quieted; everything else keeps Ray's defaults. Workers get ``RAY_ADDRESS`` = their own
+cluster, so that the cleaner's State API client does not look for "the" Ray instance among
+the processes of the machine (a second instance there makes it fail with a traceback).
 
 The job also turns off Ray Train's ``print`` patch (``RAY_TRAIN_ENABLE_PRINT_PATCH=0``): the
 patch sends each ``print`` both to a logger and to stdout, so the driver receives every
 line twice. Progress bars (Ray's distributed tqdm, whose state travels as stdout lines) then
 re-open a bar from the duplicate of its "closed" message and never close it.
+
+A local instance (started by :func:`init_ray`) also turns off Ray Train's preemption watcher
+(``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0``, Ray Train's own switch for it). The watcher polls
+Ray for nodes being drained (spot reclaims announced by an autoscaler), which never happens
+to the one node of a local instance; and Ray Train creates it as a restartable actor whose
+constructor arguments hold actor handles, which Ray Core reports with an error-level
+``core_worker.cc`` line on every run (ray-project/ray#53727). On a cluster the watcher stays
+on: there it lets preemptions retry without using up ``train.max_failures``.
+
+Signals: :class:`SignalStop` turns SIGTERM/SIGINT into an orderly stop of the work under way,
+reported as :class:`StoppedBySignal` (the CLI exits with 128 + the signal number).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
 
 _QUIET_LOGGERS = {
     # a warning per second while the State API is absent (no dashboard)
@@ -29,6 +46,8 @@ _QUIET_LOGGER_FILES = {"train/v2/_internal/execution/context.py": logging.WARNIN
 LOCAL_OBJECT_STORE_BYTES = 1024**3
 
 WORKER_SETUP_HOOK = "pipelines.ray_setup.setup_worker"
+#: Ray Train's switch for its node-drain (preemption) watcher actor
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def setup_worker() -> None:
@@ -41,14 +60,20 @@ def setup_worker() -> None:
         logging.getLogger(name).setLevel(level)
     for rel, level in _QUIET_LOGGER_FILES.items():
         logging.getLogger(os.path.join(os.path.dirname(ray.__file__), rel)).setLevel(level)
+    # The State API client (used by the PlacementGroupCleaner) finds its cluster through
+    # RAY_ADDRESS, else by looking for Ray processes on the machine; with a second Ray instance
+    # there it raises ConnectionError and the cleaner's thread dies with a traceback.
+    if not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
-def runtime_env() -> dict[str, object]:
-    """The job-level ``runtime_env`` for ``ray.init``."""
-    return {
-        "worker_process_setup_hook": WORKER_SETUP_HOOK,
-        "env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"},
-    }
+def runtime_env(*, local: bool = False) -> dict[str, object]:
+    """The job-level ``runtime_env`` for ``ray.init``; ``local``: for a single-node instance
+    this process starts (no node is ever drained there, so no preemption watcher)."""
+    env_vars = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    if local:
+        env_vars[PREEMPTION_WATCHER_ENV] = "0"
+    return {"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env_vars}
 
 
 def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
@@ -72,5 +97,111 @@ def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
             include_dashboard=False,
             object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             log_to_driver=True,
-            runtime_env=runtime_env(),
+            runtime_env=runtime_env(local=True),
         )
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray, stopping the local instance this process started, and close the
+    progress bars drawn here for workers (an aborted run leaves them open, and tqdm would
+    redraw them at exit, after any last message); no-op when Ray is not initialised."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    ray.shutdown()
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
+
+
+# ---------------------------------------------------------------------------------- signals
+
+
+class StoppedBySignal(Exception):
+    """Work stopped in an orderly way by a signal; ``exit_code`` is the shell convention
+    128 + signal number (143 for SIGTERM, 130 for SIGINT). The message says where the work
+    stood and how to go on."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class SignalStop:
+    """SIGTERM and SIGINT (what ``kill``, Slurm, Kubernetes and Ctrl-C send) as a request to
+    stop, while :meth:`install`-ed in the main thread.
+
+    The first signal is recorded in :attr:`signum`; then :attr:`graceful`, when set, is called
+    to start an orderly stop (e.g. abort the Ray Train controller, after which the blocking
+    call returns with an error) and, if it returns true, the handler returns. Otherwise, and
+    on any further signal, the handler raises ``KeyboardInterrupt``: the one exception Ray's
+    blocking calls (``ray.get`` and what waits on it) pass on from a signal handler, so the
+    work under way ends at once. The caller then sees :attr:`signum` set and reports the stop
+    (as :class:`StoppedBySignal`), after running the callbacks given to :meth:`on_stop`
+    (:meth:`run_on_stop`). :meth:`restore` puts the previous handlers back.
+
+    Install it after ``ray.init``: Ray installs its own SIGTERM handler there (on a local
+    head node it kills the Ray processes under the connected driver and raises ``SystemExit``
+    from inside the blocking call; the interpreter then crashes at exit: exit code 134).
+    Outside the main thread (where Python cannot set handlers) it does nothing.
+    """
+
+    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        self.signals = tuple(signals)
+        self.signum: int | None = None
+        self.graceful: Callable[[], bool] | None = None
+        self.graceful_started = False
+        self._previous: dict[int, Any] = {}
+        self._on_stop: list[Callable[[], None]] = []
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._previous)
+
+    @property
+    def signal_name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    def install(self) -> bool:
+        """Handle the signals from now on; returns False outside the main thread."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        for sig in self.signals:
+            previous = signal.signal(sig, self._handle)
+            if sig not in self._previous:  # keep the first (outermost) handler for restore
+                self._previous[sig] = previous if previous is not None else signal.SIG_DFL
+        return True
+
+    def restore(self) -> None:
+        """Put back the handlers :meth:`install` replaced."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    def on_stop(self, callback: Callable[[], None]) -> None:
+        """Have :meth:`run_on_stop` call ``callback`` (e.g. mark a tracking run killed)."""
+        self._on_stop.append(callback)
+
+    def run_on_stop(self) -> None:
+        """Call the :meth:`on_stop` callbacks, most recent first, each once."""
+        while self._on_stop:
+            self._on_stop.pop()()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is None:
+            self.signum = signum
+            if self.graceful is not None and self.graceful():
+                self.graceful_started = True
+                return
+        raise KeyboardInterrupt(signal.Signals(signum).name)

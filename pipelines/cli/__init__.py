@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from pipelines.ray_setup import StoppedBySignal, shutdown_ray
+
 # (module, attribute) of each stage's register function, in the order shown by --help.
 STAGES: tuple[str, ...] = (
     "pipelines.cli.synth",  # lstc synth
@@ -43,6 +45,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         rc = args.func(args)
+    except StoppedBySignal as exc:
+        # SIGTERM / SIGINT handled by the stage: Ray stopped in order (no more worker output,
+        # bars closed), then one line saying where the work stands, and the conventional
+        # exit code (128 + signal number)
+        shutdown_ray()
+        print(f"lstc {args.command}: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

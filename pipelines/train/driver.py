@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.ray_setup import SignalStop
+
 if TYPE_CHECKING:  # pragma: no cover
     from pipelines.config import Recipe
 
@@ -159,12 +161,43 @@ def train(
 
     ``callbacks``: worker callbacks (:mod:`pipelines.train.callbacks`), called on every rank
     after each optimizer step / epoch; they must pickle (they travel to the workers).
+
+    SIGTERM / SIGINT (main thread, once Ray is up) stop the run in order: the Ray Train run is
+    aborted, the MLflow run marked KILLED, and :class:`pipelines.train.stopping.TrainingStopped`
+    raised with where the run stands (:mod:`pipelines.train.stopping`).
     """
+    import time
+
+    from pipelines.train.stopping import stopped_error
+
+    started = time.time()
+    stop = SignalStop()
+    try:
+        return _train(recipe, stop, register=register, callbacks=callbacks, new_run=new_run)
+    except BaseException as exc:
+        if stop.signum is None:
+            raise
+        stop.run_on_stop()  # the driver_stopped event, MLflow run KILLED
+        raise stopped_error(
+            stop.signum, recipe.train.run_name, run_dir_of(recipe), started
+        ) from exc
+    finally:
+        stop.restore()
+
+
+def _train(
+    recipe: Recipe,
+    stop: SignalStop,
+    *,
+    register: bool | None,
+    callbacks: Sequence[Any],
+    new_run: bool,
+) -> TrainResult:
+    """The body of :func:`train`; ``stop`` handles signals from the moment Ray is up."""
     import ray.cloudpickle
     import ray.data
     import ray.train
     from ray.data import ExecutionOptions
-    from ray.train.torch import TorchTrainer
 
     from data_prep.storage import write_text
     from pipelines.data import build_train_dataset, build_val_clips
@@ -178,6 +211,7 @@ def train(
         resume_message,
         write_recipe,
     )
+    from pipelines.train.stopping import trainer_class
 
     tr = recipe.train
     callbacks = list(callbacks)
@@ -194,6 +228,7 @@ def train(
     previous_dir = move_aside(run_dir) if new_run else None
     point = None if new_run else check_rerun(recipe, run_dir)
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
+    stop.install()  # after ray.init, which installs Ray's own SIGTERM handler
     run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(recipe.tracking.uri)
     n_train, steps_per_epoch = _steps_per_epoch(recipe)
@@ -226,6 +261,7 @@ def train(
         recipe, run_id=previous_id, tags=tags, tracking_uri=tracking_uri, system_metrics=False
     )
     run_id = tracker.run_id
+    stop.on_stop(lambda: tracker.end("KILLED"))
     if run_id and run_id != previous_id:
         write_text(run_dir / RUN_ID_FILE, run_id + "\n")
     # MLflow params are immutable: keys changed on resume are recorded in lstc.resume_changes
@@ -240,6 +276,14 @@ def train(
         resume_epoch=point.epoch if point is not None else None,
         changed={k: list(v) for k, v in changed.items()},
         previous_run_dir=str(previous_dir) if previous_dir is not None else None,
+    )
+    stop.on_stop(
+        lambda: append_event(
+            run_dir,
+            "driver_stopped",
+            signal=stop.signal_name,
+            aborted_ray_train=stop.graceful_started,
+        )
     )
     if point is not None:
         print(f"lstc train: {resume_message(tr.run_name, point, run_id)}", flush=True)
@@ -267,7 +311,7 @@ def train(
         val_ds = build_val_clips(recipe)
     finally:
         data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order = saved
-    trainer = TorchTrainer(
+    trainer = trainer_class(stop)(
         train_loop_per_worker,
         train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
@@ -291,11 +335,12 @@ def train(
     )
     try:
         result = trainer.fit()
+        out = _finish(recipe, result, run_dir, run_id, tracker, register)
     except BaseException:
-        append_event(run_dir, "driver_failed")
-        tracker.end("FAILED")
+        if stop.signum is None:  # else train() reports the stop
+            append_event(run_dir, "driver_failed")
+            tracker.end("FAILED")
         raise
-    out = _finish(recipe, result, run_dir, run_id, tracker, register)
     tracker.end("FINISHED")
     return out
 
