@@ -9,15 +9,35 @@ tasks decode, resize, encode and write their shard (:mod:`data_prep.shard_writer
 driver only receives small records, so memory stays bounded whatever the dataset size.
 Finally ``rejects.parquet`` and ``manifest.json`` are written atomically. Output bytes are a
 function of the input and the config only: a killed-and-rerun job equals an uninterrupted one.
+
+Output on object storage. ``--out`` may be a local folder or a URI (``s3://bucket/prefix``,
+``gs://...``, ``file://...``); every write and listing goes through :mod:`data_prep.storage`
+on the filesystem resolved from it. The commit order is what makes the result safe without
+a rename:
+
+1. a shard is written to its final key in one upload (a multipart upload becomes visible only
+   when complete);
+2. then its progress record, which carries the shard's size and sha256: resume trusts a shard
+   only when its record is present and its bytes match that checksum, so a truncated object
+   (pyarrow completes an upload even when the writer failed part-way) or a shard without a
+   record is written again;
+3. ``manifest.json`` last. An existing manifest is deleted before the first shard is written
+   or removed, so a reader never takes a dataset that is being changed for a complete one.
+
+Temporary files of a killed local run are removed; on an object store nothing is written under
+a temporary key, and a killed upload never becomes visible. The source ``--root`` stays a local
+folder or shared mount (videos are decoded from local files); a URI root is refused.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +46,31 @@ from data_prep.clips import build_clips
 from data_prep.clipspec import ClipSpec
 from data_prep.readers import get_reader
 from data_prep.readers.base import IndexUnit
-from data_prep.samples import Reject
+from data_prep.samples import DatasetRootError, Reject
 from data_prep.schema import SCHEMA_VERSION
-from data_prep.shard_writer import progress_path, sha256_file, write_shard
-from data_prep.storage import TMP_GLOB, atomic_path, write_json
+from data_prep.shard_writer import progress_path, write_shard
+from data_prep.storage import (
+    TMP_GLOB,
+    atomic_path,
+    delete_file,
+    file_size,
+    is_local,
+    is_uri,
+    join,
+    list_files,
+    read_bytes,
+    resolve,
+    sha256,
+    write_json,
+)
+
+#: parallel checksum reads when looking for finished shards (I/O bound on object stores)
+_VERIFY_THREADS = 8
+
+
+class PrepStorageError(OSError):
+    """The output store could not be read or written (unreachable endpoint, missing bucket,
+    access denied, ...). Finished shards stay valid: rerunning the same command resumes."""
 
 
 @dataclass(frozen=True)
@@ -175,29 +216,70 @@ def source_fingerprint(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _finished(out: Path, plan: dict[str, Any]) -> dict[str, Any] | None:
-    """The progress record of a shard a previous run completed, verified by checksum."""
-    rec_path = progress_path(out, plan["path"])
+def _read_record(src: str) -> dict[str, Any] | None:
+    """A progress record, or None when it is absent or unreadable as JSON (a store that cannot
+    be reached raises)."""
     try:
-        rec = json.loads(rec_path.read_text())
-    except (OSError, ValueError):
+        rec = json.loads(read_bytes(src))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
         return None
-    if rec.get("plan_hash") != plan["plan_hash"]:
-        return None
-    f = out / plan["path"]
-    if (
-        not f.is_file()
-        or f.stat().st_size != rec.get("bytes")
-        or sha256_file(f) != rec.get("sha256")
-    ):
-        return None
-    return rec
+    return rec if isinstance(rec, dict) else None
 
 
-def _clean_tmp(out: Path) -> None:
+def _shard_matches(out: str, rec: dict[str, Any]) -> bool:
+    """The shard a record names is there with the record's size and sha256."""
+    f = join(out, str(rec.get("path", "")))
+    size = file_size(f)
+    return size is not None and size == rec.get("bytes") and sha256(f) == rec.get("sha256")
+
+
+def _finished(out: str, plan: dict[str, Any]) -> dict[str, Any] | None:
+    """The progress record of a shard a previous run completed, verified by checksum."""
+    rec = _read_record(progress_path(out, plan["path"]))
+    if rec is None or rec.get("plan_hash") != plan["plan_hash"] or rec.get("path") != plan["path"]:
+        return None
+    return rec if _shard_matches(out, rec) else None
+
+
+def _clean_tmp(out: str) -> None:
     """Remove temporary files a killed run left (:mod:`data_prep.storage` names)."""
-    for p in list(out.glob(f"**/{TMP_GLOB}")):
-        p.unlink(missing_ok=True)
+    for rel in list_files(out):
+        if fnmatch.fnmatch(rel.rsplit("/", 1)[-1], TMP_GLOB):
+            delete_file(join(out, rel))
+
+
+def _output_location(out: str) -> str:
+    """``out`` as an absolute local path, or the URI itself; fails early (and clearly) when an
+    object store's bucket does not exist or cannot be reached."""
+    fs, path = resolve(out)
+    if is_local(fs):
+        os.makedirs(path, exist_ok=True)
+        return path
+    bucket = path.split("/", 1)[0]
+    try:
+        kind = fs.get_file_info(bucket).type
+    except OSError as exc:
+        raise PrepStorageError(f"cannot reach the output store of {out}: {exc}") from exc
+    import pyarrow.fs as pafs
+
+    if kind != pafs.FileType.Directory:
+        raise PrepStorageError(
+            f"the bucket {bucket!r} of --out {out} does not exist: create it first"
+        )
+    return out
+
+
+def _local_root(root: str) -> str:
+    """The source root as a local path (``file://`` URIs allowed); other URIs are refused."""
+    if not is_uri(root):
+        return root
+    if root.startswith("file:"):
+        return resolve(root)[1]
+    raise DatasetRootError(
+        f"--root must be a local folder or a shared mount (videos are decoded from local "
+        f"files), got the URI {root!r}: copy or mount the benchmark on the machines that run "
+        "prep; --out may be a URI"
+    )
 
 
 def _init_ray(cfg: PrepConfig) -> None:
@@ -220,9 +302,10 @@ def _init_ray(cfg: PrepConfig) -> None:
 
 
 def _run_shards(
-    plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any, reader: Any
+    plans: list[dict[str, Any]], cfg: PrepConfig, bar: Any, reader: Any, out: str
 ) -> tuple[list[dict[str, Any]], float]:
-    """Run the shard writers as a streaming Ray Data map: (records, CPU seconds of the tasks)."""
+    """Run the shard writers as a streaming Ray Data map: (records, CPU seconds of the tasks);
+    ``out`` is the absolute output folder or the output URI."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -232,18 +315,24 @@ def _run_shards(
     ds = ray.data.from_items(
         [{"plan": json.dumps(p)} for p in plans], override_num_blocks=len(plans)
     )
-    spec, out = cfg.clip, str(Path(cfg.out).resolve())
+    spec = cfg.clip
 
     def work(row: dict[str, Any]) -> dict[str, Any]:
         cpu = time.process_time()
-        record = write_shard(json.loads(row["plan"]), spec, out, reader)
-        return {"record": json.dumps(record), "cpu_s": time.process_time() - cpu}
+        plan = json.loads(row["plan"])
+        try:
+            record = write_shard(plan, spec, out, reader)
+        except OSError as exc:  # Ray keeps only the text of a task's exception: pass it on
+            return {"record": "", "error": f"shard {plan['path']}: {_describe(exc)}", "cpu_s": 0.0}
+        return {"record": json.dumps(record), "error": "", "cpu_s": time.process_time() - cpu}
 
     compute = ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None
     ds = ds.map(work, num_cpus=1, compute=compute)
     records = []
     cpu_s = 0.0
     for row in ds.iter_rows():
+        if row["error"]:
+            raise PrepStorageError(_storage_message(cfg.out, row["error"]))
         rec = json.loads(row["record"])
         records.append(rec)
         cpu_s += float(row["cpu_s"])
@@ -253,11 +342,10 @@ def _run_shards(
 
 
 def run_prep(cfg: PrepConfig) -> PrepSummary:
-    """Run the whole job (raises DatasetRootError before any work on a wrong root)."""
-    from tqdm import tqdm
-
+    """Run the whole job. Raises ``DatasetRootError`` before any work on a wrong (or URI)
+    root, :class:`PrepStorageError` when the output store cannot be read or written."""
     start = time.perf_counter()
-    reader = get_reader(cfg.dataset, cfg.root)
+    reader = get_reader(cfg.dataset, _local_root(cfg.root))
     root = str(reader.root)
     split_index = reader.units()
     if split_index is None:  # the whole index in the driver (metadata only)
@@ -270,37 +358,73 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
         if cfg.splits:
             units = [u for u in units if u.split in cfg.splits]
         plans = plan_unit_shards(units, cfg, root)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _write_dataset(cfg, reader, root, plans, reader_rejects, start)
+    except PrepStorageError:
+        raise
+    except OSError as exc:  # listing, checksums, records, manifest: the output store
+        raise PrepStorageError(_storage_message(cfg.out, _describe(exc))) from exc
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+
+
+def _storage_message(out: str, what: str) -> str:
+    return (
+        f"reading or writing the output {out} failed ({what}); finished shards are kept: "
+        "rerun the same command to resume"
+    )
+
+
+def _write_dataset(
+    cfg: PrepConfig,
+    reader: Any,
+    root: str,
+    plans: list[dict[str, Any]],
+    reader_rejects: list[Reject],
+    start: float,
+) -> PrepSummary:
+    """Everything after indexing: skip finished shards, write the rest, rejects, manifest."""
+    from tqdm import tqdm
+
+    out = _output_location(cfg.out)
     _clean_tmp(out)
-    done: dict[str, dict[str, Any]] = {}
-    for p in plans:
-        rec = _finished(out, p)
-        if rec is not None:
-            done[p["path"]] = rec
+    with ThreadPoolExecutor(_VERIFY_THREADS) as pool:
+        found = list(pool.map(lambda p: _finished(out, p), plans))
+    done: dict[str, dict[str, Any]] = {
+        p["path"]: rec for p, rec in zip(plans, found, strict=True) if rec is not None
+    }
     todo = [p for p in plans if p["path"] not in done]
     seconds_index = time.perf_counter() - start
     seconds_write = cpu_write = 0.0
+    manifest_path = join(out, "manifest.json")
+    if todo:  # the dataset is about to change: it is no longer complete until the end
+        delete_file(manifest_path)
     bar = tqdm(
         total=len(plans), initial=len(done), unit="shard", desc="prep", disable=not cfg.progress
     )
-    if todo:
-        _init_ray(cfg)
-        t_write = time.perf_counter()
-        fresh_records, cpu_write = _run_shards(todo, cfg, bar, reader)
-        for rec in fresh_records:
-            done[rec["path"]] = rec
-        seconds_write = time.perf_counter() - t_write
-    bar.close()
+    try:
+        if todo:
+            _init_ray(cfg)
+            t_write = time.perf_counter()
+            fresh_records, cpu_write = _run_shards(todo, cfg, bar, reader, out)
+            for rec in fresh_records:
+                done[rec["path"]] = rec
+            seconds_write = time.perf_counter() - t_write
+    finally:
+        bar.close()
     records = [done[p["path"]] for p in plans]
     if cfg.splits:  # keep the finished shards of the splits this run did not touch
         records = sorted(
             records + _kept_other_splits(out, cfg, set(cfg.splits)),
             key=lambda r: (r["split"], r["path"]),
         )
-    _remove_stale(out, {r["path"] for r in records})
+    _remove_stale(out, {r["path"] for r in records}, manifest_path)
     rejects = [r.to_dict() for r in reader_rejects] + [r for rec in records for r in rec["rejects"]]
-    _write_rejects(out / "rejects.parquet", rejects)
+    _write_rejects(join(out, "rejects.parquet"), rejects)
     counts: dict[str, dict[str, int]] = {}
     for rec in records:
         c = counts.setdefault(rec["split"], {"clips": 0, "objects": 0, "samples": 0, "shards": 0})
@@ -323,10 +447,10 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
             for rec in records
         ],
     }
-    write_json(out / "manifest.json", manifest, indent=1)
+    write_json(manifest_path, manifest, indent=1)  # last: the dataset is complete
     fresh = [done[p["path"]] for p in todo]
     return PrepSummary(
-        out=str(out),
+        out=cfg.out if is_uri(cfg.out) else str(Path(cfg.out)),
         samples=sum(c["samples"] for c in counts.values()),
         clips=sum(c["clips"] for c in counts.values()),
         shards=len(plans),
@@ -342,40 +466,43 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
     )
 
 
-def _kept_other_splits(out: Path, cfg: PrepConfig, splits: set[str]) -> list[dict[str, Any]]:
+def _kept_other_splits(out: str, cfg: PrepConfig, splits: set[str]) -> list[dict[str, Any]]:
     """Progress records of finished shards of splits outside ``splits`` that were written with
     the same config hash and whose file still matches its checksum (else they are dropped)."""
     kept = []
     config_hash = cfg.config_hash()
-    for rec_path in sorted((out / "_progress").glob("*.json")):
-        try:
-            rec = json.loads(rec_path.read_text())
-        except (OSError, ValueError):
+    for rel in list_files(join(out, "_progress")):
+        if "/" in rel or not rel.endswith(".json"):
             continue
-        if rec.get("split") in splits or rec.get("config_hash") != config_hash:
+        rec_path = join(out, "_progress", rel)
+        rec = _read_record(rec_path)
+        if rec is None or rec.get("split") in splits or rec.get("config_hash") != config_hash:
             continue
         if progress_path(out, str(rec.get("path", ""))) != rec_path:
             continue
-        f = out / rec["path"]
-        if (
-            f.is_file()
-            and f.stat().st_size == rec.get("bytes")
-            and sha256_file(f) == rec.get("sha256")
-        ):
+        if _shard_matches(out, rec):
             kept.append(rec)
     return kept
 
 
-def _remove_stale(out: Path, keep: set[str]) -> None:
-    """Shards of an earlier run with another plan (e.g. more shards) must not be read back."""
-    for p in out.glob("*/part-*.parquet"):
-        rel = p.relative_to(out).as_posix()
-        if rel not in keep:
-            p.unlink()
-            progress_path(out, rel).unlink(missing_ok=True)
+def _remove_stale(out: str, keep: set[str], manifest_path: str) -> None:
+    """Shards of an earlier run with another plan (e.g. more shards) must not be read back;
+    the manifest that may still list them goes first."""
+    stale = [
+        rel
+        for rel in list_files(out)
+        if rel.count("/") == 1
+        and fnmatch.fnmatch(rel.rsplit("/", 1)[1], "part-*.parquet")
+        and rel not in keep
+    ]
+    if stale:
+        delete_file(manifest_path)
+    for rel in stale:
+        delete_file(join(out, rel))
+        delete_file(progress_path(out, rel))
 
 
-def _write_rejects(path: Path, rejects: list[dict[str, str]]) -> None:
+def _write_rejects(path: str, rejects: list[dict[str, str]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -388,6 +515,7 @@ def _write_rejects(path: Path, rejects: list[dict[str, str]]) -> None:
 
 __all__ = [
     "PrepConfig",
+    "PrepStorageError",
     "PrepSummary",
     "Reject",
     "build_clips",

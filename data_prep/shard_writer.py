@@ -3,10 +3,12 @@
 A shard plan is a JSON-able dict (see :func:`data_prep.plan.plan_shards`): the clips of the
 shard, each with its video reference, target frame and objects (mask reference +
 expressions). The writer decodes each video once for all its clips in the shard, encodes
-every needed frame once, writes ``<split>/part-NNNNN.parquet`` atomically (a temporary file
-renamed into place, :mod:`data_prep.storage`), then records a progress file (sha256, counts,
-rejects) the same way. Bad
-input becomes rejects; the task itself only fails on bugs or system errors.
+every needed frame once, writes ``<split>/part-NNNNN.parquet`` atomically through
+:mod:`data_prep.storage` (locally a temporary file renamed into place; on an object store one
+upload to the final key), then, only after the shard is in place, its progress record (sha256,
+size, counts, rejects) the same way. The output folder may be a local path or a URI
+(``s3://``, ``gs://``, ``file://``). Bad input becomes rejects; the task itself only fails on
+bugs or system errors (an unreachable output store among them).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import json
 import os
 from collections.abc import Iterator
 from itertools import groupby
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from data_prep.decode import DecodeError, open_video
 from data_prep.masks import MaskError, MaskLoader, mask_png
 from data_prep.samples import MaskRef, Reject, VideoRef
 from data_prep.schema import CLIP_SCHEMA, SCHEMA_VERSION, clip_frame_indices
-from data_prep.storage import atomic_path, write_json
+from data_prep.storage import atomic_path, join, write_json
 
 
 def encode_jpeg(frame: np.ndarray, spec: ClipSpec) -> bytes:
@@ -57,9 +58,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
-def progress_path(out: Path, rel: str) -> Path:
-    """Where a finished shard's record lives (its presence marks the shard as done)."""
-    return out / "_progress" / (rel.replace("/", "-") + ".json")
+def progress_path(out: str | os.PathLike[str], rel: str) -> str:
+    """Where a finished shard's record lives (path or URI, like ``out``); its presence, with a
+    matching checksum of the shard, marks the shard as done."""
+    return join(out, "_progress", rel.replace("/", "-") + ".json")
 
 
 def _clip_rows(
@@ -195,12 +197,12 @@ def write_shard(
 ) -> dict[str, Any]:
     """Write one shard and its progress record; returns the record (counts, sha256, rejects).
 
-    ``reader`` is needed for plans made of index units (:meth:`Reader.unit_records` runs here).
+    ``out`` is a local folder or a URI. ``reader`` is needed for plans made of index units
+    (:meth:`Reader.unit_records` runs here).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out_dir = Path(out)
     clips, rejects = _plan_clips(plan, reader)
     stats = dict.fromkeys(("clips", "objects", "samples", "frames_stored", "frames_decoded"), 0)
     rows: list[dict[str, Any]] = []
@@ -208,8 +210,7 @@ def write_shard(
     for _, group in groupby(clips, key=lambda c: c["video_id"]):
         rows.extend(_clip_rows(list(group), spec, rejects, stats, masks))
     table = pa.Table.from_pylist(rows, schema=CLIP_SCHEMA)
-    final = out_dir / plan["path"]
-    with atomic_path(final) as tmp:
+    with atomic_path(join(out, plan["path"])) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -219,16 +220,18 @@ def write_shard(
             row_group_size=max(len(rows), 1),
         )
         digest = sha256_file(tmp)
+        size = os.path.getsize(tmp)
+    # the shard is in place (renamed, or uploaded in one piece): only now is it recorded
     record = {
         "path": plan["path"],
         "split": plan["split"],
         "plan_hash": plan["plan_hash"],
         "config_hash": plan.get("config_hash", ""),
         "sha256": digest,
-        "bytes": final.stat().st_size,
+        "bytes": size,
         **stats,
         "rejects": [r.to_dict() for r in rejects],
         "source_digest": _source_digest(clips, plan.get("root", "")),
     }
-    write_json(progress_path(out_dir, plan["path"]), record)
+    write_json(progress_path(out, plan["path"]), record)
     return record

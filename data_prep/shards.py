@@ -5,6 +5,12 @@
 * :func:`iter_samples` — expand one clip row into referring samples, decoding frames and mask.
 * :func:`read_samples` — Ray Dataset of samples (``flat_map`` of :func:`iter_samples`).
 * :func:`iter_clip_rows` — the same clip rows without Ray (pyarrow), for tools and tests.
+* :func:`shard_files` / :func:`shard_paths` / :func:`read_shard_table` — the shard list of a
+  split and one shard as an Arrow table.
+
+Every function takes a local shard root or a URI (``s3://bucket/prefix``, ``gs://...``,
+``file://...``, resolved by :func:`data_prep.storage.resolve`; see there for endpoints and
+credentials).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.schema import SCHEMA_VERSION
+from data_prep.storage import is_local, is_uri, join, read_bytes, resolve
 
 
 class ShardError(RuntimeError):
@@ -26,63 +33,102 @@ class ShardError(RuntimeError):
 
 
 def load_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """``<root>/manifest.json`` (raises :class:`ShardError` if absent or of another schema)."""
-    path = Path(root) / "manifest.json"
+    """``<root>/manifest.json`` (raises :class:`ShardError` if absent, unreadable or of another
+    schema). ``root`` is a local folder or a URI (``s3://bucket/prefix``, ``gs://``, ...)."""
+    path = join(root, "manifest.json")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(read_bytes(path))
     except FileNotFoundError:
         raise ShardError(f"{path} does not exist: run `lstc prep` (to the end) first") from None
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    except ValueError as exc:
+        raise ShardError(f"{path} is not a readable manifest ({exc}): re-run `lstc prep`") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
         raise ShardError(
-            f"{path} has schema version {manifest.get('schema_version')}, this code reads "
+            f"{path} has schema version {version}, this code reads "
             f"{SCHEMA_VERSION}: re-run `lstc prep`"
         )
     return manifest
 
 
-def shard_files(root: str | os.PathLike[str], split: str) -> list[str]:
-    """Absolute paths of the shards of ``split``, in manifest order."""
-    manifest = load_manifest(root)
-    files = [
-        str(Path(root).resolve() / s["path"]) for s in manifest["shards"] if s["split"] == split
-    ]
-    if not files:
+def _split_shards(manifest: Mapping[str, Any], root: Any, split: str) -> list[str]:
+    """Relative paths of the shards of ``split`` in manifest order (ShardError when none)."""
+    rels = [s["path"] for s in manifest["shards"] if s["split"] == split]
+    if not rels:
         known = sorted(manifest.get("counts", {}))
         raise ShardError(f"no shards for split {split!r} under {root}; splits there: {known}")
-    return files
+    return rels
 
 
-def _read_shard_batch(batch: Any) -> Any:
-    """``map_batches`` body: a batch of shard paths -> the clip rows of those shards."""
+def shard_files(root: str | os.PathLike[str], split: str) -> list[str]:
+    """The shards of ``split``, in manifest order: absolute paths for a local root, URIs (with
+    the root's query) for a URI root. ``pyarrow.parquet.read_table`` accepts either."""
+    rels = _split_shards(load_manifest(root), root, split)
+    if is_uri(root):
+        return [join(root, r) for r in rels]
+    return [str(Path(root).resolve() / r) for r in rels]
+
+
+def shard_paths(root: str | os.PathLike[str], split: str) -> tuple[Any, list[str]]:
+    """``(pyarrow filesystem, [path of each shard of split])`` for readers that take a
+    filesystem (``pyarrow.parquet``, Ray Data); the filesystem pickles to Ray workers."""
+    fs, base = resolve(root)
+    rels = _split_shards(load_manifest(root), root, split)
+    return fs, [f"{base.rstrip('/')}/{r}" for r in rels]
+
+
+def read_shard_table(fs: Any, path: str, columns: Sequence[str] | None = None) -> Any:
+    """One shard as a ``pyarrow.Table`` of ``CLIP_SCHEMA`` (or of ``columns``). From an object
+    store the object is fetched in one GET, then parsed in memory (a random-access Parquet
+    read would cost a request per column chunk)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from data_prep.schema import CLIP_SCHEMA
 
-    tables = [pq.read_table(p, schema=CLIP_SCHEMA) for p in batch.column("path").to_pylist()]
-    return pa.concat_tables(tables) if tables else CLIP_SCHEMA.empty_table()
+    cols = list(columns) if columns is not None else None
+    if is_local(fs):
+        return pq.read_table(path, schema=CLIP_SCHEMA, columns=cols, filesystem=fs)
+    with fs.open_input_stream(path) as f:
+        data = f.read()
+    return pq.read_table(pa.BufferReader(data), schema=CLIP_SCHEMA, columns=cols)
 
 
 def read_clips(root: str | os.PathLike[str], split: str) -> Any:
     """``ray.data.Dataset`` with one row per clip, columns of ``CLIP_SCHEMA``.
 
-    Lazy and streaming: one read task per shard file. (Built from the manifest's file list
-    rather than ``ray.data.read_parquet``, whose planning pass costs seconds per dataset.)
+    Lazy and streaming: one read task per shard file, in manifest order; ``root`` may be a
+    URI, the read tasks then use the filesystem resolved from it. (Built from the manifest's
+    file list rather than ``ray.data.read_parquet``, whose planning pass costs seconds per
+    dataset and lists or reads every file's metadata from the driver first.)
     """
+    import pyarrow as pa
     import ray.data
 
-    files = shard_files(root, split)
+    from data_prep.schema import CLIP_SCHEMA
+
+    fs, files = shard_paths(root, split)
+
+    def read_batch(batch: Any) -> Any:
+        """``map_batches`` body: a batch of shard paths -> the clip rows of those shards."""
+        tables = [read_shard_table(fs, p) for p in batch.column("path").to_pylist()]
+        return pa.concat_tables(tables) if tables else CLIP_SCHEMA.empty_table()
+
     ds = ray.data.from_items([{"path": f} for f in files], override_num_blocks=len(files))
-    return ds.map_batches(_read_shard_batch, batch_size=1, batch_format="pyarrow")
+    return ds.map_batches(read_batch, batch_size=1, batch_format="pyarrow")
 
 
 def iter_clip_rows(root: str | os.PathLike[str], split: str) -> Iterator[dict[str, Any]]:
-    """Clip rows as Python dicts, shard by shard, without Ray."""
+    """Clip rows as Python dicts, shard by shard, without Ray (``root``: path or URI)."""
     import pyarrow.parquet as pq
 
-    for f in shard_files(root, split):
-        pf = pq.ParquetFile(f)
-        for batch in pf.iter_batches(batch_size=16):
+    fs, files = shard_paths(root, split)
+    for f in files:
+        if is_local(fs):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=16)
+        else:
+            batches = read_shard_table(fs, f).to_batches(max_chunksize=16)
+        for batch in batches:
             yield from batch.to_pylist()
 
 

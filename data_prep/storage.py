@@ -19,6 +19,27 @@ reader never sees a half-written file under its final name.
 Temporary names are ``.<name>.tmp-<pid>-<random>`` beside the destination (:data:`TMP_GLOB`
 finds the leftovers of a killed process).
 
+Reading and listing, for paths and URIs alike: :func:`join` (relative parts onto a path or
+URI, keeping a URI's query), :func:`read_bytes`, :func:`sha256`, :func:`file_size`,
+:func:`list_files` and :func:`delete_file`.
+
+Object stores. A single PUT is atomic and a multipart upload becomes visible only when it is
+completed, but pyarrow's output stream *completes* the upload when it is closed, also when
+the writer raised part-way (pyarrow has no abort): a failed write can leave a truncated object
+under its final key. Writers whose output others trust therefore record a checksum after the
+write (``lstc prep``'s progress records and manifest) and readers of resumable state verify it.
+Uploads of a killed process that never completed stay invisible (a bucket lifecycle rule
+"abort incomplete multipart uploads after N days" reclaims their space).
+
+Reaching an S3 endpoint: credentials come from the usual AWS chain (``AWS_ACCESS_KEY_ID`` /
+``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``~/.aws``, an instance profile). An S3
+compatible server other than AWS (MinIO, Ceph, moto) is named either by the environment,
+``AWS_ENDPOINT_URL_S3=http://host:port`` (or ``AWS_ENDPOINT_URL``), which the AWS SDK inside
+pyarrow 25 honours (checked here; apache/arrow#49643 reports pyarrow 23 ignoring it), or in
+the URI itself: ``s3://bucket/prefix?endpoint_override=host:port&scheme=http&region=r``. The
+environment must be set on every Ray node that reads or writes; a URI query travels with the
+URI (and with the pickled filesystem) to every task.
+
 This module sits in ``data_prep`` (the lowest layer that both ``data_prep`` and ``pipelines``
 may import) and imports neither ``pipelines``, ``lstc`` nor ``torch``.
 """
@@ -224,16 +245,88 @@ def copy_dir(src: PathOrUri, dst: PathOrUri) -> None:
     pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
 
 
+# ------------------------------------------------------------------- reading and listing
+
+
+def join(base: PathOrUri, *parts: str) -> str:
+    """``base`` with the ``/``-separated relative ``parts`` appended; a URI keeps its query
+    (``s3://b/x?region=r`` + ``a/b.json`` -> ``s3://b/x/a/b.json?region=r``)."""
+    s = os.fspath(base)
+    if not is_uri(s):
+        return os.path.join(s, *parts)
+    head, sep, query = s.partition("?")
+    tail = "/".join(p.strip("/") for p in parts if p.strip("/"))
+    if tail:
+        head = f"{head.rstrip('/')}/{tail}"
+    return head + sep + query
+
+
+def read_bytes(src: PathOrUri) -> bytes:
+    """The content of the file ``src`` (``FileNotFoundError`` when absent)."""
+    fs, path = resolve(src)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def file_size(src: PathOrUri) -> int | None:
+    """Size in bytes of the file ``src``; None when there is no file there."""
+    fs, path = resolve(src)
+    info = fs.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def sha256(src: PathOrUri, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of the file ``src``, streamed in ``chunk``-byte reads."""
+    import hashlib
+
+    fs, path = resolve(src)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while data := f.read(chunk):
+            h.update(data)
+    return h.hexdigest()
+
+
+def list_files(root: PathOrUri) -> list[str]:
+    """``/``-separated paths, relative to ``root``, of every file below it (hidden ones
+    included), sorted; ``[]`` when ``root`` does not exist."""
+    fs, path = resolve(root)
+    base = path.rstrip("/")
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    prefix = base + "/"
+    return sorted(
+        i.path[len(prefix) :]
+        for i in infos
+        if i.type == pafs.FileType.File and i.path.startswith(prefix)
+    )
+
+
+def delete_file(target: PathOrUri, *, missing_ok: bool = True) -> None:
+    """Delete the file ``target`` (absent: nothing happens unless ``missing_ok`` is false)."""
+    fs, path = resolve(target)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
 __all__ = [
     "TMP_GLOB",
     "PathOrUri",
     "atomic_dir",
     "atomic_path",
     "copy_dir",
+    "delete_file",
+    "file_size",
     "is_local",
     "is_uri",
+    "join",
+    "list_files",
+    "read_bytes",
     "replace_dir",
     "resolve",
+    "sha256",
     "write_bytes",
     "write_json",
     "write_text",

@@ -12,16 +12,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="benchmark files -> Parquet shards + manifest + rejects (Ray Data)",
         description="Index a benchmark in its native layout, decode T-frame clips around every "
         "target frame, resize, JPEG-encode and write versioned Parquet shards with a manifest "
-        "and a rejects table. Resumable: rerun the same command to finish an interrupted job.",
+        "and a rejects table. Resumable: rerun the same command to finish an interrupted job. "
+        "--out may be an object-store URI (s3://bucket/prefix, gs://bucket/prefix, file://...): "
+        "S3 credentials come from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+        "~/.aws, instance profile), a non-AWS endpoint from AWS_ENDPOINT_URL_S3=http://host:port "
+        "or the URI query ?endpoint_override=host:port&scheme=http; on a cluster every node "
+        "needs them. --root stays a local folder or shared mount.",
     )
     p.add_argument(
         "--dataset",
         required=True,
         help="a2d | jhmdb | ytvos | davis | custom | refer_shapes",
     )
-    p.add_argument("--root", required=True, help="dataset root in its native layout")
     p.add_argument(
-        "--out", required=True, help="output folder for shards (shared storage on a cluster)"
+        "--root",
+        required=True,
+        help="dataset root in its native layout: a local folder or a shared mount on every "
+        "node (videos are decoded from local files; URIs are refused)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder or URI for the shards (s3://bucket/prefix, gs://..., file://...; "
+        "on a cluster: an object store or shared mount)",
     )
     p.add_argument("--frames", type=int, default=8, help="frames per clip T (default 8)")
     p.add_argument("--stride", type=int, default=2, help="frame stride inside a clip (default 2)")
@@ -63,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from data_prep.clipspec import ClipSpec
-    from data_prep.prep import PrepConfig, run_prep
+    from data_prep.prep import PrepConfig, PrepStorageError, run_prep
     from data_prep.samples import DatasetRootError
 
     cfg = PrepConfig(
@@ -87,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         summary = run_prep(cfg)
+    except PrepStorageError as exc:  # the output store failed: rerun to resume
+        print(f"lstc prep: {exc}", file=sys.stderr)
+        return 1
     except (DatasetRootError, ValueError) as exc:
         print(f"lstc prep: {exc}", file=sys.stderr)
         return 2
