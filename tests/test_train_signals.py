@@ -1,0 +1,390 @@
+"""SIGTERM / SIGINT to ``lstc train`` stop it in order, and a normal run prints no alarming lines.
+
+The end-to-end test runs the real CLI (``python -m pipelines.cli train``) as a subprocess on the
+tiny shards, with its own local Ray instance (own ``RAY_TMPDIR``) and a SQLite MLflow store:
+
+1. SIGTERM once epoch 1 is checkpointed and epoch 2 has started: exit 143, the last stderr line
+   says where the run stopped and which checkpoint a rerun resumes from, no traceback / abort,
+   MLflow run KILLED, every process of its Ray instance gone;
+2. the same command again: resumes after epoch 1; SIGINT once epoch 2 is checkpointed and
+   epoch 3 has started: exit 130, same checks;
+3. the same command again: resumes after epoch 2, finishes (exit 0), MLflow run FINISHED.
+
+No run prints Ray Core's ``E ... core_worker.cc`` line (the preemption watcher's restartable
+actor, ray-project/ray#53727) or a ``UserWarning`` (Ray Data's ``filter(fn)`` hint).
+
+The unit tests pin the pieces: the signal handler's two modes, the stop message from a
+hand-written run directory, the Ray Train hook the driver relies on, and the runtime env.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "refer_shapes_tiny.yaml"
+EPOCHS = 4
+ALARMING = re.compile(r"^.*\bE\b.*core_worker\.cc.*$|^.*UserWarning.*$", re.MULTILINE)
+
+
+# ------------------------------------------------------------------------------ unit tests
+
+
+def test_exit_codes_follow_the_shell_convention():
+    from pipelines.ray_setup import StoppedBySignal
+
+    term, intr = StoppedBySignal(signal.SIGTERM, "x"), StoppedBySignal(signal.SIGINT, "y")
+    assert (term.exit_code, term.signal_name, str(term)) == (143, "SIGTERM", "x")
+    assert (intr.exit_code, intr.signal_name) == (130, "SIGINT")
+
+
+def test_signal_stop_interrupts_or_starts_a_graceful_stop_and_restores_handlers():
+    from pipelines.ray_setup import SignalStop
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = SignalStop()
+    assert stop.install()
+    try:
+        # no graceful stop available: the first signal interrupts the work under way
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and not stop.graceful_started
+    finally:
+        stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    calls: list[str] = []
+    stop = SignalStop()
+    stop.graceful = lambda: calls.append("abort") is None
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGINT)  # graceful: the handler returns
+        assert (stop.signum, stop.graceful_started, calls) == (signal.SIGINT, True, ["abort"])
+        with pytest.raises(KeyboardInterrupt):  # a second signal does not wait any longer
+            signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGINT and calls == ["abort"]  # the first one counts
+    finally:
+        stop.restore()
+
+    done: list[int] = []
+    stop.on_stop(lambda: done.append(1))
+    stop.on_stop(lambda: done.append(2))
+    stop.run_on_stop()
+    stop.run_on_stop()
+    assert done == [2, 1]  # most recent first, each once
+
+
+def _fake_run_dir(root: Path, events: list[dict], checkpoint_epoch: int | None) -> Path:
+    from pipelines.checkpoint import MODEL_FILE, RECIPE_FILE
+
+    run_dir = root / "run"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    for epoch in (1, 2):  # checkpoint 2 is on disk but Ray Train never registered it
+        ckpt = run_dir / f"checkpoint_epoch_{epoch:04d}"
+        ckpt.mkdir()
+        (ckpt / MODEL_FILE).write_bytes(b"")
+        (ckpt / RECIPE_FILE).write_text("")
+    if checkpoint_epoch is not None:
+        snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch_0001"}}
+        (run_dir / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))
+    return run_dir
+
+
+EVENTS = [
+    {"event": "driver_start", "time": 100.0},
+    {"event": "epoch_start", "epoch": 1, "time": 101.0},
+    {"event": "epoch_end", "epoch": 1, "time": 102.0},
+    {"event": "epoch_start", "epoch": 2, "time": 103.0},
+    {"event": "epoch_end", "epoch": 2, "time": 104.0},
+    {"event": "epoch_start", "epoch": 3, "time": 105.0},
+]
+
+
+def test_stop_message_names_the_epoch_and_the_checkpoint_ray_train_resumes(tmp_path):
+    from pipelines.train.stopping import TrainingStopped, stopped_error
+
+    run_dir = _fake_run_dir(tmp_path, EVENTS, checkpoint_epoch=1)
+    exc = stopped_error(signal.SIGTERM, "r", run_dir, since=99.0)
+    assert isinstance(exc, TrainingStopped) and exc.exit_code == 143
+    ckpt = run_dir / "checkpoint_epoch_0001"
+    assert str(exc) == (
+        f"stopped by SIGTERM during epoch 3; the last checkpoint is epoch 1 ({ckpt}); "
+        "rerun the same command to resume"
+    )
+    assert (exc.epoch, exc.checkpoint_epoch, exc.checkpoint) == (3, 1, ckpt)
+
+    # this driver (started at 200) had not written its driver_start yet: older events are not
+    # where it stands
+    exc = stopped_error(signal.SIGINT, "r", run_dir, since=200.0)
+    assert str(exc).startswith("stopped by SIGINT before training started; the last checkpoint")
+    assert exc.epoch is None and exc.exit_code == 130
+
+
+def test_stop_message_without_a_registered_checkpoint(tmp_path):
+    from pipelines.train.stopping import stopped_error
+
+    run_dir = _fake_run_dir(tmp_path, EVENTS[:2], checkpoint_epoch=None)
+    exc = stopped_error(signal.SIGTERM, "r", run_dir, since=99.0)
+    assert str(exc) == (
+        "stopped by SIGTERM during epoch 1; no epoch was checkpointed yet; "
+        "rerun the same command to start again"
+    )
+    assert exc.checkpoint is None and exc.checkpoint_epoch is None
+
+
+def test_ray_train_hands_the_controller_to_the_hook_we_override():
+    """The driver gets the controller from ``TorchTrainer._register_sigint_handler`` (Ray
+    Train calls it in fit() with the controller handle); a Ray upgrade that renames it must
+    fail here rather than leave SIGINT to Ray's handler."""
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_setup import SignalStop
+    from pipelines.train.stopping import trainer_class
+
+    assert list(inspect.signature(TorchTrainer._register_sigint_handler).parameters) == [
+        "self",
+        "controller",
+    ]
+    sources = [inspect.getsource(c) for c in TorchTrainer.__mro__ if c.__module__ != "builtins"]
+    assert any("self._register_sigint_handler(controller)" in s for s in sources)
+    assert issubclass(trainer_class(SignalStop()), TorchTrainer)
+
+
+def test_stoppable_trainer_aborts_the_controller_on_a_signal(ray_local):
+    """With the controller handed over, a signal calls its ``abort`` (a real actor here)
+    instead of interrupting the driver."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.ray_setup import SignalStop
+    from pipelines.train.stopping import trainer_class
+
+    @ray_local.remote(num_cpus=0)
+    class Controller:
+        def __init__(self) -> None:
+            self.aborts = 0
+
+        def abort(self) -> None:
+            self.aborts += 1
+
+        def count(self) -> int:
+            return self.aborts
+
+    controller = Controller.remote()
+    stop = SignalStop()
+    trainer = trainer_class(stop)(
+        lambda: None, scaling_config=ray.train.ScalingConfig(num_workers=1)
+    )
+    trainer._register_sigint_handler(controller)
+    assert isinstance(trainer, TorchTrainer)
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        stop.restore()
+    assert stop.graceful_started and stop.signum == signal.SIGTERM
+    assert ray_local.get(controller.count.remote()) == 1
+    ray_local.kill(controller)
+
+
+def test_runtime_env_turns_the_preemption_watcher_off_only_for_local_instances(ray_local):
+    from ray.train.v2._internal.constants import ENABLE_PREEMPTION_WATCHER_ENV_VAR
+
+    from pipelines.ray_setup import PREEMPTION_WATCHER_ENV, runtime_env
+
+    assert PREEMPTION_WATCHER_ENV == ENABLE_PREEMPTION_WATCHER_ENV_VAR  # Ray's own switch
+    assert runtime_env(local=True)["env_vars"][PREEMPTION_WATCHER_ENV] == "0"
+    assert PREEMPTION_WATCHER_ENV not in runtime_env()["env_vars"]  # clusters keep it
+
+    # workers know their own cluster (the State API client must not search the machine)
+    @ray_local.remote(num_cpus=0)
+    def address() -> str | None:
+        return os.environ.get("RAY_ADDRESS")
+
+    assert ray_local.get(address.remote()) == ray_local.get_runtime_context().gcs_address
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _ray_processes(tmpdir: str) -> list[int]:
+    """Processes started with ``RAY_TMPDIR=tmpdir`` (the subprocess's Ray instance)."""
+    marker = f"RAY_TMPDIR={tmpdir}\0".encode()
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return pids
+
+
+def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen, err: Path, what: str) -> None:
+    deadline = time.monotonic() + 420
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"lstc train exited ({proc.returncode}) before {what}:\n{_tail(err)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after 420 s:\n{_tail(err)}")
+        time.sleep(0.2)
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-4000:]
+
+
+def _events(run_dir: Path) -> list[dict]:
+    from pipelines.train.loop import read_events
+
+    try:
+        return read_events(run_dir)
+    except ValueError:  # a line being written
+        return []
+
+
+def _in_epoch_after_checkpoint(run_dir: Path, epoch: int, drivers: int) -> Callable[[], bool]:
+    """Ray Train has registered the checkpoint of ``epoch - 1`` and the ``drivers``-th driver
+    has started ``epoch``."""
+    from pipelines.train.resume import latest_checkpoint
+
+    def cond() -> bool:
+        latest = latest_checkpoint(run_dir)
+        if latest is None or latest[0] != epoch - 1:
+            return False
+        events = _events(run_dir)
+        starts = [i for i, e in enumerate(events) if e["event"] == "driver_start"]
+        if len(starts) < drivers:
+            return False
+        mine = events[starts[drivers - 1] :]
+        return any(e["event"] == "epoch_start" and e["epoch"] == epoch for e in mine)
+
+    return cond
+
+
+def _epochs_started(events: list[dict], driver: int) -> list[int]:
+    starts = [i for i, e in enumerate(events) if e["event"] == "driver_start"] + [len(events)]
+    part = events[starts[driver - 1] : starts[driver]]
+    return [e["epoch"] for e in part if e["event"] == "epoch_start"]
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tmp_path):
+    from mlflow import MlflowClient
+
+    from pipelines.train.driver import RUN_ID_FILE
+    from pipelines.train.loop import read_events
+
+    name = "signals"
+    storage = tmp_path / "runs"
+    run_dir = storage / name
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "pipelines.cli", "train", "--config", str(TINY), "--no-register"]
+    cmd += [
+        f"data.root={tiny_shards}",
+        f"train.epochs={EPOCHS}",
+        f"train.storage_path={storage}",
+        f"train.run_name={name}",
+        f"tracking.uri={uri}",
+    ]
+    ray_tmp = tempfile.mkdtemp(prefix="lstc-sig-", dir="/tmp")  # short: Ray's socket paths
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["RAY_TMPDIR"] = ray_tmp  # its own local Ray instance, whose processes we can find
+
+    def start(tag: str) -> tuple[subprocess.Popen, Path, Path]:
+        out, err = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
+        with open(out, "w") as fo, open(err, "w") as fe:
+            proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=tmp_path)
+        return proc, out, err
+
+    def stop(sig: signal.Signals, epoch: int, drivers: int, tag: str) -> Path:
+        proc, _, err = start(tag)
+        try:
+            _wait_for(
+                _in_epoch_after_checkpoint(run_dir, epoch, drivers),
+                proc,
+                err,
+                f"epoch {epoch} after checkpoint {epoch - 1}",
+            )
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert rc == 128 + sig, _tail(err)
+        return err
+
+    def check_stopped(err: Path, sig: signal.Signals, epoch: int, drivers: int) -> None:
+        text = err.read_text(errors="replace")
+        ckpt = run_dir / f"checkpoint_epoch_{epoch - 1:04d}"
+        assert text.rstrip("\n").splitlines()[-1] == (
+            f"lstc train: stopped by {sig.name} during epoch {epoch}; the last checkpoint is "
+            f"epoch {epoch - 1} ({ckpt}); rerun the same command to resume"
+        )
+        for bad in ("Traceback", "Aborted", "core dumped", "*** SIGTERM received"):
+            assert bad not in text, f"{bad!r} on stderr:\n{_tail(err)}"
+        events = read_events(run_dir)
+        assert events[-1]["event"] == "driver_stopped"
+        assert (events[-1]["signal"], events[-1]["aborted_ray_train"]) == (sig.name, True)
+        assert _epochs_started(events, drivers)[-1] == epoch
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+        assert run.info.status == "KILLED"
+        deadline = time.monotonic() + 60  # the local Ray instance is shut down
+        while _ray_processes(ray_tmp) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _ray_processes(ray_tmp) == []
+
+    try:
+        # 1. SIGTERM in epoch 2
+        err1 = stop(signal.SIGTERM, epoch=2, drivers=1, tag="first")
+        run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+        check_stopped(err1, signal.SIGTERM, epoch=2, drivers=1)
+
+        # 2. the same command resumes after epoch 1; SIGINT in epoch 3
+        err2 = stop(signal.SIGINT, epoch=3, drivers=2, tag="second")
+        check_stopped(err2, signal.SIGINT, epoch=3, drivers=2)
+        assert _epochs_started(read_events(run_dir), 2)[0] == 2  # epoch 1 not redone
+
+        # 3. the same command resumes after epoch 2 and finishes
+        proc, out3, err3 = start("third")
+        try:
+            rc = proc.wait(timeout=600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert rc == 0, _tail(err3)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    events = read_events(run_dir)
+    assert [e["resumed"] for e in events if e["event"] == "driver_start"] == [False, True, True]
+    assert _epochs_started(events, 3) == [3, 4]
+    assert events[-1]["event"] == "train_end"
+    block = re.search(r"^\{$.*?^\}$", out3.read_text(), re.DOTALL | re.MULTILINE)
+    assert block, _tail(out3)
+    summary = json.loads(block.group(0))
+    assert summary["mlflow_run_id"] == run_id
+    assert f"resuming run {name} from epoch 2 checkpoint" in out3.read_text()
+    assert MlflowClient(tracking_uri=uri).get_run(run_id).info.status == "FINISHED"
+    for err in (err1, err2, err3):
+        text = err.read_text(errors="replace")
+        assert ALARMING.findall(text) == [], f"{err.name}: {ALARMING.findall(text)}"
+        assert "Traceback" not in text, _tail(err)
