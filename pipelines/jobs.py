@@ -210,31 +210,27 @@ def wait(job_id: str, *, address: str | None = None, timeout_s: float = 60.0) ->
         time.sleep(0.5)
 
 
-def status(job_id: str, *, address: str | None = None) -> str:
+def _on_job(job_id: str, address: str | None, action: str, call: Callable[[Any], Any]) -> Any:
+    """``call(client)`` with any failure but an unreachable cluster turned into a JobError."""
+    c = client(address)
     try:
-        return str(client(address).get_job_status(job_id).value)
-    except JobError:
-        raise
+        return call(c)
     except Exception as exc:
-        raise JobError(f"no job {job_id!r}: {exc}") from None
+        raise JobError(f"cannot {action} job {job_id!r}: {exc}") from None
+
+
+def status(job_id: str, *, address: str | None = None) -> str:
+    return _on_job(
+        job_id, address, "get the status of", lambda c: str(c.get_job_status(job_id).value)
+    )
 
 
 def logs(job_id: str, *, address: str | None = None) -> str:
-    try:
-        return client(address).get_job_logs(job_id)
-    except JobError:
-        raise
-    except Exception as exc:
-        raise JobError(f"no job {job_id!r}: {exc}") from None
+    return _on_job(job_id, address, "get the logs of", lambda c: c.get_job_logs(job_id))
 
 
 def stop(job_id: str, *, address: str | None = None) -> bool:
-    try:
-        return bool(client(address).stop_job(job_id))
-    except JobError:
-        raise
-    except Exception as exc:
-        raise JobError(f"cannot stop job {job_id!r}: {exc}") from None
+    return bool(_on_job(job_id, address, "stop", lambda c: c.stop_job(job_id)))
 
 
 def list_jobs(*, address: str | None = None) -> list[dict[str, Any]]:
