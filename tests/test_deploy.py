@@ -136,3 +136,36 @@ def test_dockerfile_parses_and_matches_the_pins():
     assert {"lstc", "data_prep", "pipelines", "tuning", "configs"} <= copies
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "data", "outputs", "mlruns", "mlflow.db"} <= set(ignored)
+
+
+# --------------------------------------------------------------------------- docs/CLUSTER.md
+
+
+def shell_commands(markdown: str) -> list[str]:
+    """``lstc ...`` commands of the ```bash blocks (continuation lines joined)."""
+    cmds, block, current = [], False, ""
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            block = line.strip() == "```bash"
+            continue
+        if not block:
+            continue
+        text = line.split(" #", 1)[0].strip() if not line.strip().startswith("#") else ""
+        current = f"{current} {text}" if current else text
+        if current.endswith("\\"):
+            current = current[:-1]
+            continue
+        if current.startswith("lstc "):
+            cmds.append(current)
+        current = ""
+    return cmds
+
+
+def test_every_lstc_command_in_the_cluster_guide_parses():
+    cmds = shell_commands((ROOT / "docs" / "CLUSTER.md").read_text())
+    assert len(cmds) >= 6, cmds
+    for cmd in cmds:
+        argv = [a for a in shlex.split(cmd)[1:]]
+        args = parse_lstc(argv)
+        if args.command == "submit":
+            parse_lstc([args.job_command, *args.args])
