@@ -64,6 +64,9 @@ PathOrUri = str | os.PathLike[str]
 #: glob (relative to a folder) of the temporary files and folders left by a killed writer
 TMP_GLOB = ".*.tmp-*"
 
+#: bytes per read when streaming a file to an object store
+_CHUNK = 8 << 20
+
 #: ``scheme://...`` (a scheme of two letters or more, so a drive letter is no scheme) or ``file:``
 _URI = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]+://|file:)")
 
@@ -163,9 +166,9 @@ def atomic_path(dest: PathOrUri, *, suffix: str = "") -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="lstc-upload-") as d:
             tmp = Path(d) / f"{os.path.basename(path)}{suffix}"
             yield tmp
-            pafs.copy_files(
-                str(tmp), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs
-            )
+            if not tmp.is_file():
+                raise FileNotFoundError(f"the writer did not create {tmp} (for {path})")
+            _upload(pafs.LocalFileSystem(), str(tmp), fs, path)
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = _tmp_sibling(path, suffix)
@@ -242,7 +245,23 @@ def copy_dir(src: PathOrUri, dst: PathOrUri) -> None:
         return
     if dst_fs.get_file_info(dst_path).type != pafs.FileType.NotFound:
         dst_fs.delete_dir_contents(dst_path, missing_dir_ok=True)
-    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+    if is_local(dst_fs):
+        pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)
+        return
+    for rel in list_files(src):  # one checked upload per file (see _upload)
+        _upload(src_fs, f"{src_path.rstrip('/')}/{rel}", dst_fs, f"{dst_path.rstrip('/')}/{rel}")
+
+
+def _upload(src_fs: pafs.FileSystem, src: str, dst_fs: pafs.FileSystem, dst: str) -> None:
+    """Copy one file onto an object store, raising when the upload fails.
+
+    ``pyarrow.fs.copy_files`` leaves closing the destination stream to its destructor, which
+    only logs a failed upload ("Error ignored when destroying file"): the copy "succeeds" and
+    the object is missing. Here the stream is closed explicitly, so the error is raised.
+    """
+    with src_fs.open_input_stream(src) as inp, dst_fs.open_output_stream(dst) as out:
+        while chunk := inp.read(_CHUNK):
+            out.write(chunk)
 
 
 # ------------------------------------------------------------------- reading and listing

@@ -240,3 +240,29 @@ def test_split_run_keeps_other_splits(ray_local, tmp_path: Path):
     prep(tmp_path / "src", out, "refer_shapes", clip=other, clips_per_shard=4, splits=("train",))
     manifest = load_manifest(out)
     assert set(manifest["counts"]) == {"train"} and not list(out.glob("test/part-*.parquet"))
+
+
+def test_file_uris_give_the_bytes_of_plain_paths(ray_local, tiny_shards: Path, tmp_path: Path):
+    """`--root file://...` and `--out file://...` prepare exactly what plain paths do."""
+    from conftest import TINY_SHARDS_STRIDE
+
+    out = f"file://{tmp_path}/o"
+    summary = run_prep(
+        PrepConfig(
+            dataset="refer_shapes",
+            root=f"file://{manifest_source(tiny_shards)}",
+            out=out,
+            clip=ClipSpec(
+                num_frames=TINY_SHARDS_FRAMES,
+                stride=TINY_SHARDS_STRIDE,
+                height=TINY_SHARDS_SIZE[0],
+                width=TINY_SHARDS_SIZE[1],
+            ),
+            clips_per_shard=8,
+            progress=False,
+        )
+    )
+    assert summary.out == out and summary.shards_skipped == 0
+    assert tree(tmp_path / "o") == tree(tiny_shards)
+    assert load_manifest(out) == load_manifest(tiny_shards)
+    assert list(iter_clip_rows(out, "test")) == list(iter_clip_rows(tiny_shards, "test"))
