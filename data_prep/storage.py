@@ -34,11 +34,13 @@ Uploads of a killed process that never completed stay invisible (a bucket lifecy
 Reaching an S3 endpoint: credentials come from the usual AWS chain (``AWS_ACCESS_KEY_ID`` /
 ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, ``~/.aws``, an instance profile). An S3
 compatible server other than AWS (MinIO, Ceph, moto) is named either by the environment,
-``AWS_ENDPOINT_URL_S3=http://host:port`` (or ``AWS_ENDPOINT_URL``), which the AWS SDK inside
-pyarrow 25 honours (checked here; apache/arrow#49643 reports pyarrow 23 ignoring it), or in
-the URI itself: ``s3://bucket/prefix?endpoint_override=host:port&scheme=http&region=r``. The
-environment must be set on every Ray node that reads or writes; a URI query travels with the
-URI (and with the pickled filesystem) to every task.
+``AWS_ENDPOINT_URL_S3=http://host:port`` (else ``AWS_ENDPOINT_URL``), or in the URI itself:
+``s3://bucket/prefix?endpoint_override=host:port&scheme=http&region=r``. Checked with pyarrow
+25: ``FileSystem.from_uri`` (what :func:`resolve` calls) reads those variables and bakes the
+endpoint into the filesystem's options, while a bare ``pyarrow.fs.S3FileSystem()`` ignores
+them (apache/arrow#49643 reports the same for pyarrow 23). Credentials are looked up by each
+process, so on a cluster every Ray node needs them (and the endpoint variable, for tasks that
+resolve a URI themselves); a URI query travels with the URI and with a pickled filesystem.
 
 This module sits in ``data_prep`` (the lowest layer that both ``data_prep`` and ``pipelines``
 may import) and imports neither ``pipelines``, ``lstc`` nor ``torch``.
