@@ -259,7 +259,7 @@ def _output_location(out: str) -> str:
     try:
         kind = fs.get_file_info(bucket).type
     except OSError as exc:
-        raise PrepStorageError(f"cannot reach the output store of {out}: {exc}") from exc
+        raise PrepStorageError(f"cannot reach the output store of {out}: {_describe(exc)}") from exc
     import pyarrow.fs as pafs
 
     if kind != pafs.FileType.Directory:
