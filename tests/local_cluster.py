@@ -245,6 +245,7 @@ class S3Server:
             region="us-east-1",
             endpoint_override=self.endpoint,
             scheme="http",
+            allow_bucket_creation=True,
         )
         fs.create_dir(name)
 
