@@ -401,6 +401,12 @@ def run_demo(args: DemoOptions) -> int:
     raw, shards = work / "raw", work / "shards"
     demo_overrides = [f"data.root={shards}", f"train.seed={args.seed}"]
     recipe = load_recipe(args.recipe, [*demo_overrides, *args.overrides])
+    if not any(o.startswith("train.run_name=") for o in args.overrides):
+        # one training run per benchmark size: a tiny demo after a full one (same workdir)
+        # must not resume the full run's checkpoints on other shards
+        size = args.scale + (f"-{args.videos}v" if args.videos else "")
+        demo_overrides.append(f"train.run_name={recipe.train.run_name}-{size}")
+        recipe = load_recipe(args.recipe, [*demo_overrides, *args.overrides])
     model_cfg = recipe.model
     uri = resolve_tracking_uri(recipe.tracking.uri)
     # One Ray instance for every step, sized so that Ray Data can still read while the
