@@ -123,11 +123,13 @@ def shutdown_ray() -> None:
 class StoppedBySignal(Exception):
     """Work stopped in an orderly way by a signal; ``exit_code`` is the shell convention
     128 + signal number (143 for SIGTERM, 130 for SIGINT). The message says where the work
-    stood and how to go on."""
+    stood and how to go on. ``forced``: the orderly stop did not finish in time (Ray's own
+    processes probably got the signal too), so shutting Ray down may hang as well."""
 
-    def __init__(self, signum: int, message: str) -> None:
+    def __init__(self, signum: int, message: str, *, forced: bool = False) -> None:
         super().__init__(message)
         self.signum = int(signum)
+        self.forced = forced
 
     @property
     def signal_name(self) -> str:
@@ -147,7 +149,11 @@ class SignalStop:
     call returns with an error) and, if it returns true, the handler returns. Otherwise, and
     on any further signal, the handler raises ``KeyboardInterrupt``: the one exception Ray's
     blocking calls (``ray.get`` and what waits on it) pass on from a signal handler, so the
-    work under way ends at once. The caller then sees :attr:`signum` set and reports the stop
+    work under way ends at once. An orderly stop that has not ended the blocking call after
+    ``grace_s`` (:meth:`settled` not called) counts as a second signal
+    (:attr:`grace_expired`): when the signal went to the whole process group or job (Slurm
+    signals every process of a job), Ray's own processes are gone and nothing would ever
+    answer. The caller then sees :attr:`signum` set and reports the stop
     (as :class:`StoppedBySignal`), after running the callbacks given to :meth:`on_stop`
     (:meth:`run_on_stop`). :meth:`restore` puts the previous handlers back.
 
@@ -157,13 +163,19 @@ class SignalStop:
     Outside the main thread (where Python cannot set handlers) it does nothing.
     """
 
-    def __init__(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+    def __init__(
+        self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT), *, grace_s: float = 10.0
+    ) -> None:
         self.signals = tuple(signals)
+        self.grace_s = grace_s
         self.signum: int | None = None
         self.graceful: Callable[[], bool] | None = None
         self.graceful_started = False
+        self.grace_expired = False
         self._previous: dict[int, Any] = {}
         self._on_stop: list[Callable[[], None]] = []
+        self._lock = threading.RLock()  # the handler runs in the main thread too
+        self._timer: threading.Timer | None = None
 
     @property
     def installed(self) -> bool:
@@ -185,9 +197,18 @@ class SignalStop:
 
     def restore(self) -> None:
         """Put back the handlers :meth:`install` replaced."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous.clear()
+        self.settled()
+        with self._lock:
+            for sig, previous in self._previous.items():
+                signal.signal(sig, previous)
+            self._previous.clear()
+
+    def settled(self) -> None:
+        """The blocking call an orderly stop was waiting for has returned: no grace timeout."""
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     def on_stop(self, callback: Callable[[], None]) -> None:
         """Have :meth:`run_on_stop` call ``callback`` (e.g. mark a tracking run killed)."""
@@ -203,5 +224,19 @@ class SignalStop:
             self.signum = signum
             if self.graceful is not None and self.graceful():
                 self.graceful_started = True
+                with self._lock:
+                    self._timer = threading.Timer(self.grace_s, self._expire)
+                    self._timer.daemon = True
+                    self._timer.start()
                 return
         raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def _expire(self) -> None:
+        """Timer thread: the orderly stop took too long; signal the main thread again (a real
+        signal, so that a blocking system call there returns)."""
+        with self._lock:
+            if self._timer is None or not self._previous or self.signum is None:
+                return  # settled or restored meanwhile
+            self._timer = None
+            self.grace_expired = True
+            signal.pthread_kill(threading.main_thread().ident, self.signum)

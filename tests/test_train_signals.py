@@ -6,7 +6,8 @@ tiny shards, with its own local Ray instance (own ``RAY_TMPDIR``) and a SQLite M
 1. SIGTERM once epoch 1 is checkpointed and epoch 2 has started: exit 143, the last stderr line
    says where the run stopped and which checkpoint a rerun resumes from, no traceback / abort,
    MLflow run KILLED, every process of its Ray instance gone;
-2. the same command again: resumes after epoch 1; SIGINT once epoch 2 is checkpointed and
+2. the same command again: resumes after epoch 1; SIGINT to its whole process group (what
+   Ctrl-C in a terminal does: Ray's GCS and raylet get it too) once epoch 2 is checkpointed and
    epoch 3 has started: exit 130, same checks;
 3. the same command again: resumes after epoch 2, finishes (exit 0), MLflow run FINISHED.
 
@@ -85,6 +86,38 @@ def test_signal_stop_interrupts_or_starts_a_graceful_stop_and_restores_handlers(
     stop.run_on_stop()
     stop.run_on_stop()
     assert done == [2, 1]  # most recent first, each once
+
+
+def test_an_orderly_stop_that_never_ends_is_interrupted_after_the_grace_period():
+    """Nothing answers the abort (the job-wide signal took Ray's processes too): after
+    ``grace_s`` the main thread is interrupted as by a second signal."""
+    import threading
+
+    from pipelines.ray_setup import SignalStop
+
+    stop = SignalStop(grace_s=0.2)
+    stop.graceful = lambda: True  # an abort that never completes
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.graceful_started and not stop.grace_expired
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            threading.Event().wait(120)  # a blocking call that never returns by itself
+        assert time.monotonic() - t0 < 60  # interrupted, not timed out
+        assert stop.grace_expired and stop.signum == signal.SIGTERM
+    finally:
+        stop.restore()
+
+    settled = SignalStop(grace_s=0.2)
+    settled.graceful = lambda: True
+    settled.install()
+    try:
+        signal.raise_signal(signal.SIGINT)
+        settled.settled()  # the blocking call returned in time: no interruption follows
+        assert settled._timer is None and not settled.grace_expired
+    finally:
+        settled.restore()
 
 
 def _fake_run_dir(root: Path, events: list[dict], checkpoint_epoch: int | None) -> Path:
@@ -310,10 +343,12 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
     def start(tag: str) -> tuple[subprocess.Popen, Path, Path]:
         out, err = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
         with open(out, "w") as fo, open(err, "w") as fe:
-            proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=tmp_path)
+            proc = subprocess.Popen(
+                cmd, stdout=fo, stderr=fe, env=env, cwd=tmp_path, start_new_session=True
+            )
         return proc, out, err
 
-    def stop(sig: signal.Signals, epoch: int, drivers: int, tag: str) -> Path:
+    def stop(sig: signal.Signals, epoch: int, drivers: int, tag: str, group: bool) -> Path:
         proc, _, err = start(tag)
         try:
             _wait_for(
@@ -322,7 +357,10 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
                 err,
                 f"epoch {epoch} after checkpoint {epoch - 1}",
             )
-            proc.send_signal(sig)
+            if group:  # the driver and the Ray processes it started (own session)
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
             rc = proc.wait(timeout=180)
         finally:
             if proc.poll() is None:
@@ -353,12 +391,12 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
 
     try:
         # 1. SIGTERM in epoch 2
-        err1 = stop(signal.SIGTERM, epoch=2, drivers=1, tag="first")
+        err1 = stop(signal.SIGTERM, epoch=2, drivers=1, tag="first", group=False)
         run_id = (run_dir / RUN_ID_FILE).read_text().strip()
         check_stopped(err1, signal.SIGTERM, epoch=2, drivers=1)
 
-        # 2. the same command resumes after epoch 1; SIGINT in epoch 3
-        err2 = stop(signal.SIGINT, epoch=3, drivers=2, tag="second")
+        # 2. the same command resumes after epoch 1; Ctrl-C (SIGINT to the group) in epoch 3
+        err2 = stop(signal.SIGINT, epoch=3, drivers=2, tag="second", group=True)
         check_stopped(err2, signal.SIGINT, epoch=3, drivers=2)
         assert _epochs_started(read_events(run_dir), 2)[0] == 2  # epoch 1 not redone
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -49,8 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGTERM / SIGINT handled by the stage: Ray stopped in order (no more worker output,
         # bars closed), then one line saying where the work stands, and the conventional
         # exit code (128 + signal number)
+        message = f"lstc {args.command}: {exc}"
+        if exc.forced:
+            # Ray's own processes got the signal too (a job-wide signal, e.g. Slurm): ray.shutdown
+            # and the interpreter's exit handlers would wait a minute for them; the run's state
+            # is written, so leave at once
+            print(message, file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(exc.exit_code)
         shutdown_ray()
-        print(f"lstc {args.command}: {exc}", file=sys.stderr, flush=True)
+        print(message, file=sys.stderr, flush=True)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -179,7 +179,11 @@ def train(
             raise
         stop.run_on_stop()  # the driver_stopped event, MLflow run KILLED
         raise stopped_error(
-            stop.signum, recipe.train.run_name, run_dir_of(recipe), started
+            stop.signum,
+            recipe.train.run_name,
+            run_dir_of(recipe),
+            started,
+            forced=stop.grace_expired,
         ) from exc
     finally:
         stop.restore()
@@ -282,7 +286,7 @@ def _train(
             run_dir,
             "driver_stopped",
             signal=stop.signal_name,
-            aborted_ray_train=stop.graceful_started,
+            aborted_ray_train=stop.graceful_started and not stop.grace_expired,
         )
     )
     if point is not None:

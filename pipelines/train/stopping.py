@@ -9,8 +9,10 @@ SIGINT. The driver (:func:`pipelines.train.driver.train`) handles both with a
   group, then exits, so ``fit()`` returns with an error. :func:`trainer_class` hands the
   controller to the ``SignalStop`` (Ray Train passes it to ``_register_sigint_handler``, which
   would otherwise install Ray's own SIGINT handler over ours);
-* before or after ``fit()`` (datasets, MLflow, registration), or on a second signal, the
-  handler raises ``KeyboardInterrupt`` and the work under way ends there.
+* before or after ``fit()`` (datasets, MLflow, registration), on a second signal, or when the
+  abort has not ended ``fit()`` within ``SignalStop.grace_s`` (the signal went to the whole
+  job, Ray's own processes with it, so nothing answers), the handler raises
+  ``KeyboardInterrupt`` and the work under way ends there.
 
 Either way the driver marks the MLflow run KILLED, writes a ``driver_stopped`` event and raises
 :class:`TrainingStopped`, whose message says in which epoch the run stopped and which
@@ -40,8 +42,9 @@ class TrainingStopped(StoppedBySignal):
         epoch: int | None,
         checkpoint_epoch: int | None,
         checkpoint: Path | None,
+        forced: bool = False,
     ) -> None:
-        super().__init__(signum, message)
+        super().__init__(signum, message, forced=forced)
         self.run_name = run_name
         self.run_dir = run_dir
         self.epoch = epoch  # epoch in progress when stopped (None: none was)
@@ -70,6 +73,7 @@ def trainer_class(stop: SignalStop) -> type:
                 return super().fit()
             finally:
                 stop.graceful = None  # the controller is gone
+                stop.settled()
 
     return StoppableTorchTrainer
 
@@ -90,7 +94,9 @@ def _position(events: list[dict[str, Any]], since: float, checkpoint_epoch: int)
     return f"after epoch {epochs[-1]}", None
 
 
-def stopped_error(signum: int, run_name: str, run_dir: Path, since: float) -> TrainingStopped:
+def stopped_error(
+    signum: int, run_name: str, run_dir: Path, since: float, *, forced: bool = False
+) -> TrainingStopped:
     """The :class:`TrainingStopped` of a run stopped by ``signum``, read from ``run_dir``
     (``events.jsonl`` from ``since`` on, and Ray Train's latest checkpoint)."""
     import signal
@@ -116,6 +122,7 @@ def stopped_error(signum: int, run_name: str, run_dir: Path, since: float) -> Tr
         epoch=epoch,
         checkpoint_epoch=ckpt_epoch if ckpt is not None else None,
         checkpoint=ckpt,
+        forced=forced,
     )
 
 
