@@ -101,6 +101,13 @@ def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
         )
 
 
+def alive_nodes() -> int:
+    """Number of alive nodes of the Ray cluster this process is connected to."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
 def shutdown_ray() -> None:
     """Disconnect from Ray, stopping the local instance this process started, and close the
     progress bars drawn here for workers (an aborted run leaves them open, and tqdm would

@@ -122,3 +122,30 @@ def test_unreachable_cluster_is_one_clear_error(tmp_path):
     assert r.returncode == 2
     assert "cannot reach the Ray Jobs API" in r.stderr and "--address" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_train_with_a_file_tracking_store_is_refused_before_any_worker_starts(cluster, tmp_path):
+    """`lstc train` as a job on the two-node cluster with the default tracking URI (a SQLite
+    file of the driver's machine) stops right after joining the cluster: one error line that
+    says how to use a tracking server; no run folder, no Ray Train worker."""
+    env = {k: v for k, v in cluster_env().items() if k != "MLFLOW_TRACKING_URI"}
+    runs = tmp_path / "runs"
+    r = lstc(
+        "submit",
+        "--address",
+        cluster.jobs_address,
+        "train",
+        "--config",
+        "configs/refer_shapes_tiny.yaml",
+        f"train.storage_path={runs}",
+        f"data.root={tmp_path / 'no-shards'}",  # never read: the check comes first
+        env=env,
+    )
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "FAILED" in r.stderr
+    assert "the MLflow tracking URI sqlite:///" in r.stdout
+    assert "the Ray cluster has 2 nodes" in r.stdout
+    assert "MLFLOW_TRACKING_URI=http://<host>:5000" in r.stdout
+    assert "--artifacts-destination s3://" in r.stdout
+    assert "Traceback" not in r.stdout and "RayTrainWorker" not in r.stdout
+    assert not runs.exists()

@@ -60,12 +60,13 @@ def run(args: argparse.Namespace) -> int:
         print(recipe.to_yaml(), end="")
         return 0
 
+    from pipelines.mlops.tracking import ClusterTrackingError
     from pipelines.train.driver import train
     from pipelines.train.resume import RecipeChangedError
 
     try:
         result = train(recipe, register=False if args.no_register else None, new_run=args.new_run)
-    except RecipeChangedError as exc:
+    except (RecipeChangedError, ClusterTrackingError) as exc:
         print(f"lstc train: {exc}", file=sys.stderr)
         return 2
     best = result.best_metrics

@@ -1,4 +1,4 @@
-"""Load the model to evaluate: a registered ``models:/`` URI or a checkpoint directory."""
+"""Load the model to evaluate: a registered ``models:/`` URI or a checkpoint (folder or URI)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ class EvalError(ValueError):
 
 
 def load_model(spec: str, tracking_uri: str | None) -> tuple[Any, Any, dict[str, str]]:
-    """``(model, recipe, tags)`` of a ``models:/`` URI or a checkpoint directory."""
-    from pipelines.checkpoint import is_checkpoint, load_model_from_checkpoint
+    """``(model, recipe, tags)`` of a ``models:/`` URI or a checkpoint (a local directory or
+    a URI such as ``s3://bucket/runs/<name>/best``, downloaded to a temporary folder)."""
+    from pipelines.checkpoint import load_model_from_checkpoint
 
     if spec.startswith("models:/"):
         from pipelines.mlops.registry import get_version, load_registered, parse_model_uri
@@ -28,11 +29,19 @@ def load_model(spec: str, tracking_uri: str | None) -> tuple[Any, Any, dict[str,
             "model_source_run_id": str(mv.run_id or ""),
         }
         return model, recipe, tags
-    path = Path(spec)
-    if not is_checkpoint(path):
+    from data_prep.storage import is_uri
+    from pipelines.checkpoint import IncompleteCheckpointError, checkpoint_problem, describe
+
+    remote = is_uri(spec)
+    problem = checkpoint_problem(spec)
+    if problem is not None:
         raise EvalError(
-            f"--model {spec!r} is neither a models:/<name>@<alias> URI nor a "
-            "checkpoint directory (model.pt + recipe.yaml)"
+            f"--model {describe(spec)!r} is neither a models:/<name>@<alias> URI nor a complete "
+            f"checkpoint directory or URI (model.pt + recipe.yaml + _COMPLETE): {problem}"
         )
-    model, recipe = load_model_from_checkpoint(path)
-    return model, recipe, {"model_uri": str(path.resolve()), "checkpoint": str(path.resolve())}
+    try:
+        model, recipe = load_model_from_checkpoint(spec)
+    except IncompleteCheckpointError as exc:  # changed between the check and the download
+        raise EvalError(f"--model {describe(spec)!r}: {exc}") from None
+    where = describe(spec) if remote else str(Path(spec).resolve())
+    return model, recipe, {"model_uri": where, "checkpoint": where}

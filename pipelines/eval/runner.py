@@ -2,6 +2,14 @@
 
     lstc eval --model models:/<name>@champion --data <shards root> [--split test]
     lstc eval --model outputs/.../checkpoint_best --data <shards> --submission out.zip
+    lstc eval --model s3://bucket/runs/<name>/best --data s3://bucket/shards \
+        --output s3://bucket/eval/metrics.json --submission s3://bucket/eval/sub.zip
+
+Every location may be a local path or a URI (``s3://``, ``gs://``, ``file://``): shards are read
+through the ``data_prep.shards`` readers, a checkpoint URI is downloaded to a temporary folder
+(and must be complete), ``--output`` and ``--submission`` are written through
+``data_prep.storage`` (the submission is assembled and validated in a local temporary folder,
+then uploaded as one zip).
 
 Every metric of ``lstc.metrics`` is computed with :func:`pipelines.inference.evaluate` (the
 function training-time validation uses, so the numbers reproduce the logged validation
@@ -37,10 +45,10 @@ TABLE_KEYS = METRIC_NAMES
 class EvalOptions:
     """What ``lstc eval`` scores and where the results go (one field per command-line flag)."""
 
-    model: str  # models:/<name>@<alias>, models:/<name>/<version> or a checkpoint dir
-    data: str  # shard root written by `lstc prep`
+    model: str  # models:/<name>@<alias>, models:/<name>/<version>, a checkpoint dir or URI
+    data: str  # shard root written by `lstc prep` (folder or URI)
     split: str | None = None  # default: the recipe's val split
-    submission: str | None = None  # Ref-YouTube-VOS submission zip to write
+    submission: str | None = None  # Ref-YouTube-VOS submission zip to write (path or URI)
     meta_expressions: str | None = None  # validate the submission against this json
     batch_size: int | None = None  # default: recipe data.eval_batch_size
     threshold: float = 0.5
@@ -50,7 +58,7 @@ class EvalOptions:
     tracking_uri: str | None = None
     experiment: str | None = None
     no_tracking: bool = False
-    output: str | None = None  # also write the metrics to this JSON file
+    output: str | None = None  # also write the metrics to this JSON file (path or URI)
 
 
 # --------------------------------------------------------------------------- data
@@ -68,14 +76,29 @@ def iter_eval_samples(root: str, split: str, limit: int | None = None) -> Iterat
 
 def split_videos(root: str, split: str) -> set[str]:
     """Video ids of every clip of ``split`` (reads only the ``video_id`` column)."""
-    import pyarrow.parquet as pq
+    from data_prep.shards import read_shard_table, shard_paths
 
-    from data_prep.shards import shard_files
-
+    fs, paths = shard_paths(root, split)
     out: set[str] = set()
-    for f in shard_files(root, split):
-        out.update(pq.read_table(f, columns=["video_id"]).column("video_id").to_pylist())
+    for p in paths:
+        out.update(read_shard_table(fs, p, columns=["video_id"]).column("video_id").to_pylist())
     return out
+
+
+def _data_root(data: str) -> str:
+    """The shard root as given for URIs, as a normalised path otherwise (never
+    ``Path(uri)``, which would turn ``s3://b`` into ``s3:/b``)."""
+    from data_prep.storage import is_uri
+
+    return data if is_uri(data) else str(Path(data))
+
+
+def _model_name(tags: Mapping[str, str]) -> str:
+    """A short model name for the eval run: registered name, else the checkpoint's folder."""
+    if tags.get("model_name"):
+        return tags["model_name"]
+    where = tags.get("checkpoint", "model").split("?", 1)[0].rstrip("/")
+    return where.rsplit("/", 1)[-1] or "model"
 
 
 # --------------------------------------------------------------------------- output
@@ -136,7 +159,7 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     model, recipe, tags = load_model(args.model, uri)
-    root = str(Path(args.data))
+    root = _data_root(args.data)
     split = _default_split(root, recipe, args.split)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
@@ -144,10 +167,14 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
     writer = None
     sub_dir = None
     if args.submission:
+        from data_prep.storage import is_uri
         from pipelines.eval.submission import SubmissionWriter
 
-        out_dir = Path(args.submission).resolve().parent
-        out_dir.mkdir(parents=True, exist_ok=True)
+        # the PNGs are staged locally: beside a local zip (same disk), in the temp dir for URIs
+        out_dir = None
+        if not is_uri(args.submission):
+            out_dir = Path(args.submission).resolve().parent
+            out_dir.mkdir(parents=True, exist_ok=True)
         sub_dir = Path(tempfile.mkdtemp(prefix="lstc-submission-", dir=out_dir))
         writer = SubmissionWriter(sub_dir)
 
@@ -208,15 +235,21 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
 
         shutil.rmtree(sub_dir, ignore_errors=True)
 
+    from pipelines.checkpoint import describe
+
+    n = int(results.get("num_samples", 0))
     print(
-        f"lstc eval: {args.model} on {root} [{split}], {int(results.get('num_samples', 0))} scored samples, {seconds:.1f} s"
+        f"lstc eval: {describe(args.model)} on {describe(root)} [{split}], {n} scored samples, "
+        f"{seconds:.1f} s"
     )
     if results.get("num_samples"):
         print(format_table(results))
     if zip_path is not None:
-        print(f"submission: {zip_path}")
+        print(f"submission: {describe(zip_path)}")
     if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=1, sort_keys=True, default=float))
+        from data_prep.storage import write_text
+
+        write_text(args.output, json.dumps(results, indent=1, sort_keys=True, default=float))
 
     if not args.no_tracking:
         _log_eval_run(args, recipe, tags, uri, root, split, results, seconds, zip_path)
@@ -232,7 +265,7 @@ def _log_eval_run(
     split: str,
     results: Mapping[str, float],
     seconds: float,
-    zip_path: Path | None,
+    zip_path: Path | str | None,
 ) -> None:
     from pipelines.mlops.tracking import Tracker, dataset_tags, shard_dataset
 
@@ -241,7 +274,10 @@ def _log_eval_run(
     except (OSError, KeyError, ValueError) as exc:
         print(f"MLflow: dataset lineage not logged ({root}: {exc})", file=sys.stderr)
         inputs = []
-    name = tags.get("model_name") or Path(tags.get("checkpoint", "model")).name
+    from data_prep.storage import is_uri
+    from pipelines.checkpoint import describe
+
+    name = _model_name(tags)
     version = tags.get("model_version")
     tracker = Tracker.start(
         recipe,
@@ -251,10 +287,10 @@ def _log_eval_run(
         tags={
             **tags,
             "lstc.kind": "eval",
-            "eval.data": str(Path(root).resolve()),
+            "eval.data": describe(root) if is_uri(root) else str(Path(root).resolve()),
             "eval.split": split,
             **dataset_tags(root),
-            **({"submission": str(zip_path)} if zip_path else {}),
+            **({"submission": describe(zip_path)} if zip_path else {}),
         },
         system_metrics=False,
     )

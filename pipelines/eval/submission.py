@@ -94,8 +94,11 @@ class SubmissionWriter:
 def expected_from_meta_expressions(
     path: str | os.PathLike, videos: Iterable[str] | None = None
 ) -> dict[str, dict[str, list[str]]]:
-    """``{video: {exp_id: frames}}`` from a ``meta_expressions.json`` (restricted to ``videos``)."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    """``{video: {exp_id: frames}}`` from a ``meta_expressions.json`` (restricted to ``videos``);
+    ``path`` is a local file or a URI."""
+    from data_prep.storage import read_bytes
+
+    data = json.loads(read_bytes(path))
     keep = None if videos is None else set(videos)
     out: dict[str, dict[str, list[str]]] = {}
     for vid, entry in data["videos"].items():
@@ -193,13 +196,18 @@ def zip_submission(
     expected: Expected,
     *,
     sizes: Mapping[str, tuple[int, int]] | None = None,
-) -> Path:
-    """Validate ``root`` and zip its ``Annotations/`` tree into ``out_zip`` (atomically)."""
+) -> Path | str:
+    """Validate the local folder ``root`` and zip its ``Annotations/`` tree into ``out_zip``:
+    a local path (written atomically; returned as a ``Path``) or a URI such as
+    ``s3://bucket/sub.zip`` (zipped locally, then uploaded in one piece; returned as given)."""
+    from data_prep.storage import is_uri
+
     root = Path(root)
     validate_submission(root, expected, sizes=sizes)
-    out = Path(out_zip)
-    with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted((root / ANNOTATIONS).rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(root).as_posix())
+    out: Path | str = os.fspath(out_zip) if is_uri(out_zip) else Path(out_zip)
+    with atomic_path(out) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted((root / ANNOTATIONS).rglob("*")):
+                if path.is_file():
+                    zf.write(path, path.relative_to(root).as_posix())
     return out

@@ -97,6 +97,40 @@ def pip_requirements() -> list[str]:
     return out
 
 
+def _experiment_of(uri: str, run_id: str | None, recipe: Any) -> str:
+    """The experiment a logged model belongs to: its run's, else the recipe's (created when
+    absent, with the store's default artifact location)."""
+    from pipelines.mlops.tracking import default_artifact_location
+
+    client = _client(uri)
+    if run_id:
+        return str(client.get_run(run_id).info.experiment_id)
+    name = recipe.tracking.experiment
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    return str(client.create_experiment(name, artifact_location=default_artifact_location(uri)))
+
+
+@contextlib.contextmanager
+def _experiment_env(experiment_id: str) -> Iterator[None]:
+    """``MLFLOW_EXPERIMENT_ID`` inside the block (and no ``MLFLOW_EXPERIMENT_NAME``), then the
+    previous values. ``Model.log`` files the logged model under the experiment MLflow's
+    fluent API resolves - the active, else the environment's, else the default experiment
+    ``0`` (whose artifact root of a SQLite store is ``./mlruns`` in the working directory),
+    not the experiment of ``run_id``."""
+    saved = {k: os.environ.pop(k, None) for k in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")}
+    os.environ["MLFLOW_EXPERIMENT_ID"] = experiment_id
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @contextlib.contextmanager
 def mlflow_uri(uri: str) -> Iterator[None]:
     """Use ``uri`` as MLflow's global tracking URI inside the block, then restore it exactly.
@@ -196,16 +230,48 @@ def register_checkpoint(
 ) -> tuple[str, str]:
     """Log + register the checkpoint; alias it ``champion`` or ``challenger``.
 
+    ``checkpoint_dir`` is a local folder or a URI (``s3://...``): MLflow logs local files,
+    so a remote checkpoint is downloaded to a temporary folder first; either way it must be
+    complete (``pipelines.checkpoint``: its ``_COMPLETE`` marker and every listed file).
     Returns ``(version, alias)``. ``tracking_uri`` defaults to the recipe's (env wins, see
     :func:`pipelines.mlops.tracking.resolve_tracking_uri`). Raises :class:`RegistryError` when the
     store cannot be reached (the caller decides whether that fails the run).
     """
+    from data_prep.storage import is_uri
+    from pipelines.checkpoint import IncompleteCheckpointError, describe, local_checkpoint
+
+    remote = is_uri(checkpoint_dir)
+    source = describe(checkpoint_dir) if remote else str(Path(checkpoint_dir).resolve())
+    try:
+        with local_checkpoint(checkpoint_dir) as ckpt:
+            return _register_local(
+                ckpt,
+                source,
+                recipe=recipe,
+                run_id=run_id,
+                metrics=metrics,
+                tracking_uri=tracking_uri,
+                threshold=threshold,
+            )
+    except IncompleteCheckpointError as exc:
+        raise RegistryError(str(exc)) from exc
+
+
+def _register_local(
+    ckpt: Path,
+    source: str,
+    *,
+    recipe: Any,
+    run_id: str | None,
+    metrics: Mapping[str, Any],
+    tracking_uri: str | None,
+    threshold: float,
+) -> tuple[str, str]:
+    """:func:`register_checkpoint` of a verified local checkpoint folder (``source``: where it
+    came from, recorded as the version's ``checkpoint`` tag)."""
     import mlflow
     from mlflow.models import Model
 
-    ckpt = Path(checkpoint_dir)
-    if not (ckpt / "model.pt").is_file():
-        raise RegistryError(f"{ckpt} is not a checkpoint directory (no model.pt)")
     uri = resolve_tracking_uri(tracking_uri or recipe.tracking.uri)
     name = recipe.registry.model_name
     metric = recipe.registry.selection_metric
@@ -230,30 +296,35 @@ def register_checkpoint(
         )
         with mlflow_uri(uri):
             try:
-                info = Model.log(
-                    artifact_path=None,
-                    name=MODEL_NAME_IN_RUN,
-                    flavor=mlflow.pyfunc,
-                    run_id=run_id,
-                    python_model=str(code_file),
-                    artifacts={ARTIFACT_CHECKPOINT: str(ckpt), ARTIFACT_SERVING: str(serving)},
-                    signature=model_signature(),
-                    input_example=example,
-                    pip_requirements=pip_requirements(),
-                    flavor_name="pyfunc.CustomPythonModel",
-                )
+                experiment_id = _experiment_of(uri, run_id, recipe)
+            except Exception as exc:
+                raise RegistryError(f"could not reach the MLflow store at {uri}: {exc}") from exc
+            try:
+                with _experiment_env(experiment_id):
+                    info = Model.log(
+                        artifact_path=None,
+                        name=MODEL_NAME_IN_RUN,
+                        flavor=mlflow.pyfunc,
+                        run_id=run_id,
+                        python_model=str(code_file),
+                        artifacts={ARTIFACT_CHECKPOINT: str(ckpt), ARTIFACT_SERVING: str(serving)},
+                        signature=model_signature(),
+                        input_example=example,
+                        pip_requirements=pip_requirements(),
+                        flavor_name="pyfunc.CustomPythonModel",
+                    )
                 tags = {
                     TAG_METRIC: metric,
                     TAG_VALUE: repr(value),
                     TAG_MODE: mode,
                     "run_id": run_id or "",
                     "recipe_hash": recipe.hash() if hasattr(recipe, "hash") else "",
-                    "checkpoint": str(ckpt.resolve()),
+                    "checkpoint": source,
                 }
                 mv = mlflow.register_model(info.model_uri, name, tags=tags)
             except Exception as exc:
                 raise RegistryError(
-                    f"could not log/register {ckpt} as {name!r} at {uri}: {exc}"
+                    f"could not log/register {source} as {name!r} at {uri}: {exc}"
                 ) from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)

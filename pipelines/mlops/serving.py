@@ -42,10 +42,13 @@ class ServingSpec:
 
     @classmethod
     def from_shards(cls, root: str | os.PathLike | None, *, threshold: float = 0.5) -> ServingSpec:
-        """The clip spec in ``<root>/manifest.json`` (defaults of ``lstc prep`` when absent)."""
+        """The clip spec in ``<root>/manifest.json`` (defaults of ``lstc prep`` when absent);
+        ``root`` is a folder or a URI (``s3://...``)."""
         if root:
+            from data_prep.storage import join, read_bytes
+
             try:
-                manifest = json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8"))
+                manifest = json.loads(read_bytes(join(root, "manifest.json")))
                 return cls(clip=_clip_from(manifest["config"]["clip"]), threshold=threshold)
             except (OSError, KeyError, TypeError, ValueError):
                 pass

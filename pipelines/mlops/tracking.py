@@ -9,6 +9,9 @@ Where runs go:
   driver with :func:`resolve_tracking_uri` and pass the result on.
 * Experiments are created once, in the driver (:meth:`Tracker.start` creates it when absent;
   a race with another creator is tolerated).
+* On a Ray cluster of several nodes a file store (``sqlite:``, ``file:``, a plain path) is
+  refused before training starts (:func:`check_cluster_tracking`): rank 0 may run on another
+  node, where that file is not. Use a tracking server (``MLFLOW_TRACKING_URI=http://...``).
 
 Failure policy: tracking never kills training. Every call is wrapped; the first failure emits
 ONE ``RuntimeWarning``; after a failure the tracker skips calls for a cooldown (``cooldown_s``,
@@ -113,6 +116,40 @@ def default_artifact_location(uri: str) -> str | None:
         db = Path(uri[len("sqlite:///") :])
         return (db.parent / DEFAULT_ARTIFACT_DIR).resolve().as_uri()
     return None
+
+
+def is_file_store(uri: str) -> bool:
+    """True for a tracking store that is a file of one machine: ``sqlite:``, ``file:`` or a
+    plain path (MLflow reads a plain path as a file store)."""
+    text = uri.strip()
+    if text.startswith(("sqlite:", "file:")):
+        return True
+    if text == "databricks" or text.startswith("databricks-uc"):
+        return False  # MLflow's names for a Databricks workspace
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text) is None  # no scheme: a path
+
+
+class ClusterTrackingError(RuntimeError):
+    """A file-based tracking store was given for a run on a Ray cluster of several nodes."""
+
+
+def check_cluster_tracking(uri: str, alive_nodes: int) -> None:
+    """Refuse a file tracking store (:func:`is_file_store`) when the Ray cluster has more
+    than one alive node: rank 0 logs from whatever node it runs on, so a SQLite file or a
+    folder of the driver's machine would get the driver's part of the run and another
+    node's file (or nothing) the rest. Raises :class:`ClusterTrackingError`, whose message
+    says how to point every process at a tracking server."""
+    if alive_nodes <= 1 or not is_file_store(uri):
+        return
+    raise ClusterTrackingError(
+        f"the MLflow tracking URI {uri} is a file on this machine, but the Ray cluster has "
+        f"{alive_nodes} nodes: training workers on other nodes cannot log into it. Run a "
+        "tracking server that every node can reach, e.g. `mlflow server --host 0.0.0.0 "
+        "--port 5000 --backend-store-uri postgresql://USER:PASSWORD@DBHOST/mlflow "
+        "--artifacts-destination s3://BUCKET/mlartifacts`, and point the run at it with "
+        "MLFLOW_TRACKING_URI=http://<host>:5000 (or tracking.uri=http://<host>:5000); "
+        "`lstc submit` forwards MLFLOW_TRACKING_URI to the job"
+    )
 
 
 def metric_key(name: str) -> str:
@@ -241,10 +278,15 @@ def _read_manifest_bytes(root: str) -> bytes:
 
 
 def _shard_source(root: str) -> str:
-    """The shard root as a dataset source: URIs as given, plain paths made absolute."""
+    """The shard root as a dataset source: URIs as given (credentials left out), plain paths
+    made absolute."""
     from data_prep.storage import is_uri, resolve
+    from pipelines.checkpoint import describe
 
-    return root.rstrip("/") if is_uri(root) else resolve(root)[1]
+    if not is_uri(root):
+        return resolve(root)[1]
+    head, sep, query = describe(root).partition("?")
+    return head.rstrip("/") + sep + query
 
 
 def shard_dataset(root: str | os.PathLike, split: str) -> ShardDataset:

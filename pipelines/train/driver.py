@@ -7,8 +7,20 @@ the run's bookkeeping:
   folder (its checkpoints ``checkpoint_epoch_NNNN`` and state live there). Beside them the
   driver keeps ``recipe.yaml`` (the resolved recipe, which a rerun must keep),
   ``mlflow_run_id`` (so a rerun re-attaches to the same MLflow run), ``events.jsonl`` (rank
-  0's journal of attempts/epochs), ``best/`` and ``last/`` (copies of the best and last
-  checkpoints, written atomically) and ``summary.json``.
+  0's journal of attempts/epochs; ``events/`` on object stores, see
+  :func:`pipelines.train.loop.append_event`), ``best/`` and ``last/`` (copies of the best and
+  last checkpoints, each ending with its ``_COMPLETE`` marker) and ``summary.json``.
+* **Storage**: ``train.storage_path`` is a local folder, a shared mount or a URI
+  (``s3://bucket/runs``, ``gs://...``, ``file://...``; endpoints and credentials as in
+  :mod:`data_prep.storage`). Ray Train gets ``RunConfig(storage_path=<path on the
+  filesystem>, storage_filesystem=<pyarrow filesystem>)`` resolved from it, and every file
+  the driver and rank 0 write goes through :mod:`data_prep.storage` on that filesystem. Rank
+  0 writes each checkpoint into a local temporary folder and reports it; Ray uploads it and
+  records it (the driver never reads a worker's local path, which may be on another node);
+  the ``best/`` and ``last/`` copies are made from ``Checkpoint.path`` on
+  ``Checkpoint.filesystem``. On a cluster of several nodes the storage must be shared (an
+  object store or a mount every node sees), and a file tracking store is refused before
+  anything starts (:func:`pipelines.mlops.tracking.check_cluster_tracking`).
 * **Resume**: rerunning with the same ``run_name``/``storage_path`` makes Ray Train restore its
   controller state and hand the latest checkpoint to ``ray.train.get_checkpoint()``; a worker
   failure inside a run is retried ``train.max_failures`` times from the latest checkpoint.
@@ -47,11 +59,13 @@ SUMMARY_FILE = "summary.json"
 
 @dataclass
 class TrainResult:
+    """What a finished run left: locations are ``Path`` for local storage, URIs otherwise."""
+
     run_name: str
-    run_dir: Path
+    run_dir: Path | str
     mlflow_run_id: str | None
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
+    best_checkpoint: Path | str | None
+    last_checkpoint: Path | str | None
     best_metrics: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
     registered: tuple[str, str] | None = None  # (version, alias)
@@ -72,8 +86,31 @@ class TrainResult:
 # ------------------------------------------------------------------------------- helpers
 
 
-def run_dir_of(recipe: Recipe) -> Path:
-    return Path(recipe.train.storage_path).expanduser().resolve() / recipe.train.run_name
+def run_dir_of(recipe: Recipe) -> Path | str:
+    """``<train.storage_path>/<train.run_name>``: a resolved ``Path`` for local storage, the
+    URI (query kept) for an object store."""
+    from pipelines.train.resume import child, run_location
+
+    return child(run_location(recipe.train.storage_path), recipe.train.run_name)
+
+
+def ray_storage(recipe: Recipe) -> tuple[Any, str]:
+    """``(pyarrow filesystem, path on it)`` of ``train.storage_path``: what Ray Train's
+    ``RunConfig(storage_filesystem=..., storage_path=...)`` takes (a path without scheme when
+    the filesystem is given)."""
+    from data_prep.storage import resolve
+
+    fs, path = resolve(recipe.train.storage_path)
+    return fs, path.rstrip("/") or "/"
+
+
+def _best_effort(what: str, fn: Any) -> None:
+    """Run ``fn``; a failure (e.g. the object store is unreachable) warns instead of raising,
+    so that the error being reported is not replaced by a bookkeeping one."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001
+        warnings.warn(f"{what} failed ({type(exc).__name__}: {exc})", RuntimeWarning, stacklevel=2)
 
 
 def _dataset_inputs(recipe: Recipe) -> list[tuple[Any, str]]:
@@ -122,12 +159,11 @@ def _pick_best(recipe: Recipe, candidates: list[tuple[Any, dict[str, Any]]]) -> 
     return max(candidates, key=score)
 
 
-def _mlflow_run_id(run_dir: Path) -> str | None:
-    path = run_dir / RUN_ID_FILE
-    if path.is_file():
-        text = path.read_text(encoding="utf-8").strip()
-        return text or None
-    return None
+def _mlflow_run_id(run_dir: Path | str) -> str | None:
+    from pipelines.train.resume import child, read_text
+
+    text = read_text(child(run_dir, RUN_ID_FILE))
+    return (text or "").strip() or None
 
 
 def _cluster_tags() -> dict[str, str]:
@@ -203,13 +239,20 @@ def _train(
     import ray.train
     from ray.data import ExecutionOptions
 
-    from data_prep.storage import write_text
+    from data_prep.storage import is_uri, write_text
+    from pipelines.checkpoint import describe
     from pipelines.data import build_train_dataset, build_val_clips
-    from pipelines.mlops.tracking import Tracker, dataset_tags, resolve_tracking_uri
-    from pipelines.ray_setup import init_ray
+    from pipelines.mlops.tracking import (
+        Tracker,
+        check_cluster_tracking,
+        dataset_tags,
+        resolve_tracking_uri,
+    )
+    from pipelines.ray_setup import alive_nodes, init_ray
     from pipelines.train.loop import append_event, train_loop_per_worker
     from pipelines.train.resume import (
         check_rerun,
+        child,
         describe_changes,
         move_aside,
         resume_message,
@@ -233,8 +276,11 @@ def _train(
     point = None if new_run else check_rerun(recipe, run_dir)
     init_ray(tr.ray_address, min_cpus=tr.num_workers * tr.cpus_per_worker + 2)
     stop.install()  # after ray.init, which installs Ray's own SIGTERM handler
-    run_dir.mkdir(parents=True, exist_ok=True)
     tracking_uri = resolve_tracking_uri(recipe.tracking.uri)
+    # on a multi-node cluster a SQLite/file store stops the run here, before anything is written
+    check_cluster_tracking(tracking_uri, alive_nodes())
+    if isinstance(run_dir, Path):
+        run_dir.mkdir(parents=True, exist_ok=True)
     n_train, steps_per_epoch = _steps_per_epoch(recipe)
     if n_train < tr.num_workers * recipe.data.batch_size:
         raise ValueError(
@@ -249,7 +295,7 @@ def _train(
         "lstc.recipe_hash": recipe.hash(),
         "lstc.recipe_source": recipe.source,
         "lstc.run_name": tr.run_name,
-        "lstc.run_dir": str(run_dir),
+        "lstc.run_dir": describe(run_dir),
         "lstc.num_workers": str(tr.num_workers),
         "lstc.use_gpu": str(tr.use_gpu),
         "lstc.train_samples": str(n_train),
@@ -259,7 +305,7 @@ def _train(
     if changed:
         tags["lstc.resume_changes"] = describe_changes(changed)
     if previous_dir is not None:
-        tags["lstc.previous_run_dir"] = str(previous_dir)
+        tags["lstc.previous_run_dir"] = describe(previous_dir)
         tags["lstc.previous_mlflow_run_id"] = _mlflow_run_id(previous_dir) or "none"
     tracker = Tracker.start(
         recipe, run_id=previous_id, tags=tags, tracking_uri=tracking_uri, system_metrics=False
@@ -267,9 +313,16 @@ def _train(
     run_id = tracker.run_id
     stop.on_stop(lambda: tracker.end("KILLED"))
     if run_id and run_id != previous_id:
-        write_text(run_dir / RUN_ID_FILE, run_id + "\n")
-    # MLflow params are immutable: keys changed on resume are recorded in lstc.resume_changes
-    tracker.log_params({k: v for k, v in recipe.flatten().items() if k not in changed})
+        write_text(child(run_dir, RUN_ID_FILE), run_id + "\n")
+    # MLflow params are immutable: keys changed on resume are recorded in lstc.resume_changes;
+    # URIs are logged without credentials
+    tracker.log_params(
+        {
+            k: describe(v) if isinstance(v, str) and is_uri(v) else v
+            for k, v in recipe.flatten().items()
+            if k not in changed
+        }
+    )
     tracker.log_dict(recipe.to_dict(), "config/recipe.yaml")
     tracker.log_inputs(_dataset_inputs(recipe))
     append_event(
@@ -282,11 +335,14 @@ def _train(
         previous_run_dir=str(previous_dir) if previous_dir is not None else None,
     )
     stop.on_stop(
-        lambda: append_event(
-            run_dir,
-            "driver_stopped",
-            signal=stop.signal_name,
-            aborted_ray_train=stop.graceful_started and not stop.grace_expired,
+        lambda: _best_effort(
+            "recording the driver_stopped event",
+            lambda: append_event(
+                run_dir,
+                "driver_stopped",
+                signal=stop.signal_name,
+                aborted_ray_train=stop.graceful_started and not stop.grace_expired,
+            ),
         )
     )
     if point is not None:
@@ -315,6 +371,7 @@ def _train(
         val_ds = build_val_clips(recipe)
     finally:
         data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order = saved
+    storage_fs, storage_path = ray_storage(recipe)
     trainer = trainer_class(stop)(
         train_loop_per_worker,
         train_loop_config=loop_config,
@@ -325,7 +382,8 @@ def _train(
         ),
         run_config=ray.train.RunConfig(
             name=tr.run_name,
-            storage_path=str(run_dir.parent),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=ray.train.FailureConfig(max_failures=tr.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=tr.log_level),
         ),
@@ -342,7 +400,9 @@ def _train(
         out = _finish(recipe, result, run_dir, run_id, tracker, register)
     except BaseException:
         if stop.signum is None:  # else train() reports the stop
-            append_event(run_dir, "driver_failed")
+            _best_effort(
+                "recording the driver_failed event", lambda: append_event(run_dir, "driver_failed")
+            )
             tracker.end("FAILED")
         raise
     tracker.end("FINISHED")
@@ -352,30 +412,35 @@ def _train(
 def _finish(
     recipe: Recipe,
     result: Any,
-    run_dir: Path,
+    run_dir: Path | str,
     run_id: str | None,
     tracker: Any,
     register: bool | None,
 ) -> TrainResult:
-    from data_prep.storage import copy_dir, write_json
-    from pipelines.checkpoint import load_metrics
+    from data_prep.storage import write_json
+    from pipelines.checkpoint import copy_checkpoint, describe, load_metrics
+    from pipelines.train.resume import child
+
+    def where(ckpt: Any) -> tuple[Any, str]:
+        # Ray's checkpoint on the storage filesystem (never a worker's local path)
+        return ckpt.filesystem, ckpt.path
 
     candidates = [(c, dict(m)) for c, m in (result.best_checkpoints or [])]
     if not candidates and result.checkpoint is not None:
-        candidates = [(result.checkpoint, load_metrics(result.checkpoint.path))]
+        candidates = [(result.checkpoint, load_metrics(where(result.checkpoint)))]
     out = TrainResult(recipe.train.run_name, run_dir, run_id, None, None)
     if candidates:
         last_ckpt, last_m = max(candidates, key=lambda cm: int(cm[1].get("epoch", 0)))
         best_ckpt, best_m = _pick_best(recipe, candidates)
-        out.last_checkpoint, out.best_checkpoint = run_dir / "last", run_dir / "best"
-        copy_dir(last_ckpt.path, out.last_checkpoint)
-        copy_dir(best_ckpt.path, out.best_checkpoint)
+        out.last_checkpoint, out.best_checkpoint = child(run_dir, "last"), child(run_dir, "best")
+        copy_checkpoint(where(last_ckpt), out.last_checkpoint)
+        copy_checkpoint(where(best_ckpt), out.best_checkpoint)
         out.best_metrics, out.last_metrics = best_m, last_m
         tracker.set_tags(
             {
                 "lstc.best_epoch": str(best_m.get("epoch")),
-                "lstc.best_checkpoint": str(out.best_checkpoint),
-                "lstc.last_checkpoint": str(out.last_checkpoint),
+                "lstc.best_checkpoint": describe(out.best_checkpoint),
+                "lstc.last_checkpoint": describe(out.last_checkpoint),
             }
         )
         tracker.log_metrics(
@@ -386,7 +451,7 @@ def _finish(
     do_register = recipe.registry.register if register is None else register
     if do_register and out.best_checkpoint is not None and run_id:
         out.registered = _register(recipe, out, run_id)
-    write_json(run_dir / SUMMARY_FILE, out.to_dict(), indent=2, sort_keys=False, default=str)
+    write_json(child(run_dir, SUMMARY_FILE), out.to_dict(), indent=2, sort_keys=False, default=str)
     return out
 
 
@@ -409,4 +474,4 @@ def _register(recipe: Recipe, out: TrainResult, run_id: str) -> tuple[str, str] 
     return str(version), str(alias)
 
 
-__all__ = ["RUN_ID_FILE", "TrainResult", "run_dir_of", "train"]
+__all__ = ["RUN_ID_FILE", "TrainResult", "ray_storage", "run_dir_of", "train"]

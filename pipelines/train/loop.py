@@ -14,9 +14,13 @@
 3. validate: rank-0 BatchNorm buffers are broadcast, each rank evaluates its own clips of the
    held-out split with ``pipelines.inference.evaluate`` on the bare module, the
    ``ReferringMetrics`` states are ``all_gather``-ed and merged (equal to one process);
-4. rank 0 writes a checkpoint (atomic) and every rank calls ``ray.train.report`` (rank 0 with
-   the checkpoint); rank 0 logs metrics, an overlay grid of fixed validation samples and the
-   metric curves to MLflow;
+4. rank 0 writes a checkpoint (with its ``_COMPLETE`` marker, ``pipelines.checkpoint``) into a
+   local temporary folder and every rank calls ``ray.train.report`` (rank 0 with
+   ``Checkpoint.from_directory(tmp)``): Ray uploads it to the run's storage (a local folder,
+   a shared mount or an object store, whatever node this worker is on) and records it in
+   its checkpoint manager once the upload is done - no other process ever reads the
+   worker's local copy. Rank 0 logs metrics, an overlay grid of fixed validation samples and
+   the metric curves to MLflow;
 5. worker callbacks' ``on_epoch_end`` (:mod:`pipelines.train.callbacks`; the tests inject
    worker faults through them).
 """
@@ -37,26 +41,55 @@ from typing import Any
 import numpy as np
 
 EVENTS_FILE = "events.jsonl"
+#: on object stores: one object per event under this prefix of the run folder
+EVENTS_DIR = "events"
 #: keys of the epoch metrics that are bookkeeping, not MLflow metrics (``epoch`` is the step)
 BOOKKEEPING_KEYS = frozenset({"epoch", "global_step"})
 
 
 def append_event(run_dir: str | os.PathLike | None, event: str, **fields: Any) -> None:
-    """Append one JSON line to ``<run_dir>/events.jsonl`` (rank 0's training journal)."""
+    """Record one event of the run's journal (rank 0 and the driver write it).
+
+    Local run folder: one JSON line appended to ``<run_dir>/events.jsonl`` (an ``O_APPEND``
+    write of one line). Object store (``s3://...``): objects cannot be appended to, and a
+    read + rewrite of one journal object would cost O(events) per event and lose events when
+    the driver and rank 0 write at the same moment (the last PUT wins); so each event is its
+    own object ``<run_dir>/events/<time ns>-<pid>-<random>.json`` - one PUT, atomic, no
+    lost update - and :func:`read_events` lists them in name (= time) order.
+    """
     if not run_dir:
         return
-    rec = {"event": event, "time": time.time(), **fields}
-    path = Path(run_dir) / EVENTS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(rec, sort_keys=True) + "\n")
+    import secrets
+
+    from data_prep.storage import write_json
+    from pipelines.train.resume import child, run_location
+
+    now = time.time_ns()
+    rec = {"event": event, "time": now / 1e9, **fields}
+    loc = run_location(run_dir)
+    if isinstance(loc, Path):
+        loc.mkdir(parents=True, exist_ok=True)
+        with open(loc / EVENTS_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+        return
+    name = f"{now:020d}-{os.getpid()}-{secrets.token_hex(3)}.json"
+    write_json(child(loc, EVENTS_DIR, name), rec)
 
 
 def read_events(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    path = Path(run_dir) / EVENTS_FILE
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    """The run's journal in order (``[]`` when there is none); see :func:`append_event`."""
+    from data_prep.storage import list_files, read_bytes
+    from pipelines.train.resume import child, run_location
+
+    loc = run_location(run_dir)
+    if isinstance(loc, Path):
+        path = loc / EVENTS_FILE
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    folder = child(loc, EVENTS_DIR)
+    names = [n for n in list_files(folder) if n.endswith(".json") and "/" not in n]
+    return [json.loads(read_bytes(child(folder, n))) for n in sorted(names)]
 
 
 def seed_everything(seed: int) -> None:
@@ -276,6 +309,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     from pipelines.checkpoint import (
         load_model_state,
         load_train_state,
+        require_checkpoint,
         save_checkpoint,
         set_rng_state,
         unwrap,
@@ -301,7 +335,10 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     state: dict[str, Any] | None = None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
+        # Ray hands over only checkpoints it recorded after their upload finished; the marker
+        # (when the checkpoint has one) is checked on the downloaded files all the same
         with ckpt.as_directory() as d:
+            require_checkpoint(d, need_marker=False)
             model.load_state_dict(load_model_state(d))
             state = load_train_state(d)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
@@ -509,7 +546,9 @@ def _log_curves(tracker: Any, history: Mapping[str, list[float]]) -> None:
 _CURVE_KEYS = {"overall_iou", "mean_iou", "mAP_at_0.5-0.95", "J_and_F", "P_at_0.5"}
 
 __all__ = [
+    "EVENTS_DIR",
     "EVENTS_FILE",
+    "append_event",
     "read_events",
     "train_loop_per_worker",
     "validate",

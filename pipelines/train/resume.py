@@ -12,6 +12,11 @@ run with a new MLflow run starts under the same name) or another ``--name``.
 
 Run directories written before ``recipe.yaml`` existed are compared against the recipe of
 their newest checkpoint.
+
+The run directory may be local or on an object store (``train.storage_path=s3://bucket/runs``):
+:func:`run_location` gives a ``Path`` for local folders (plain paths, ``file:`` URIs) and the
+URI string otherwise, :func:`child` joins names onto either, and every read and write here goes
+through :mod:`data_prep.storage` on the filesystem resolved from it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import pyarrow.fs as pafs
+
+from data_prep.storage import is_local, join, read_bytes, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipelines.config import Recipe
@@ -52,7 +61,7 @@ RESUMABLE_KEYS: dict[str, str] = {
 class RecipeChangedError(RuntimeError):
     """A rerun of a run name with a recipe that differs in keys a resume may not change."""
 
-    def __init__(self, run_name: str, run_dir: Path, refused: dict[str, tuple[str, str, str]]):
+    def __init__(self, run_name: str, run_dir: Location, refused: dict[str, tuple[str, str, str]]):
         self.run_name = run_name
         self.run_dir = run_dir
         self.refused = refused  # key -> (old, new, why refused)
@@ -75,14 +84,49 @@ class RecipeChangedError(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+#: a run folder or a file in it: a local ``Path`` or a URI string (see :func:`run_location`)
+Location = Path | str
+
+
+def run_location(path_or_uri: str | os.PathLike) -> Location:
+    """``Path`` (absolute, resolved) for a plain path or a ``file:`` URI; the URI as given
+    (query included) for an object store."""
+    fs, path = resolve(path_or_uri)
+    return Path(path).resolve() if is_local(fs) else os.fspath(path_or_uri)
+
+
+def child(loc: Location, *parts: str) -> Location:
+    """``loc`` with the relative ``parts`` appended (a URI keeps its query)."""
+    return loc.joinpath(*parts) if isinstance(loc, Path) else join(loc, *parts)
+
+
+def read_text(loc: Location) -> str | None:
+    """The text of the file ``loc``; None when there is none."""
+    try:
+        return read_bytes(loc).decode("utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _exists(loc: Location) -> bool:
+    """A file or a folder (a non-empty prefix on an object store) is at ``loc``."""
+    fs, path = resolve(loc)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        return True
+    if is_local(fs):
+        return False
+    sel = pafs.FileSelector(path.rstrip("/"), recursive=False, allow_not_found=True)
+    return bool(fs.get_file_info(sel))
+
+
 @dataclass(frozen=True)
 class ResumePoint:
     """What a rerun of an existing run directory resumes from."""
 
-    run_dir: Path
+    run_dir: Location
     stored: Recipe | None  # the recipe the run was started (or last resumed) with
     epoch: int  # epoch of the checkpoint Ray Train restores (0: none yet, starts at epoch 1)
-    checkpoint: Path | None
+    checkpoint: Location | None
     changed: dict[str, tuple[str, str]] = field(default_factory=dict)  # allowed changes
 
 
@@ -117,69 +161,81 @@ def refused_changes(
     return refused
 
 
-def stored_recipe(run_dir: Path) -> Recipe | None:
+def stored_recipe(run_dir: Location) -> Recipe | None:
     """The recipe stored in ``run_dir`` (``recipe.yaml``, else the newest checkpoint's)."""
     from pipelines.checkpoint import is_checkpoint, load_recipe_from_checkpoint
     from pipelines.config import Recipe, yaml_load
 
-    path = run_dir / RECIPE_FILE
-    if path.is_file():
-        return Recipe.from_dict(yaml_load(path.read_text(encoding="utf-8")), source=str(path))
-    ckpts = sorted(_checkpoint_dirs(run_dir), reverse=True)
+    path = child(run_dir, RECIPE_FILE)
+    text = read_text(path)
+    if text is not None:
+        return Recipe.from_dict(yaml_load(text), source=str(path))
+    ckpts = sorted(_checkpoint_dirs(run_dir), key=lambda ec: ec[0], reverse=True)
     for _, ckpt in ckpts:
-        if is_checkpoint(ckpt):
+        if is_checkpoint(ckpt, need_marker=False):
             return load_recipe_from_checkpoint(ckpt)
     return None
 
 
-def write_recipe(run_dir: Path, recipe: Recipe) -> Path:
+def write_recipe(run_dir: Location, recipe: Recipe) -> Location:
     """Store the resolved recipe as ``<run_dir>/recipe.yaml`` (atomic replace)."""
     from data_prep.storage import write_text
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / RECIPE_FILE
+    path = child(run_dir, RECIPE_FILE)
     write_text(path, recipe.to_yaml())
     return path
 
 
-def _checkpoint_dirs(run_dir: Path) -> list[tuple[int, Path]]:
-    if not run_dir.is_dir():
+def _checkpoint_dirs(run_dir: Location) -> list[tuple[int, Location]]:
+    """``(epoch, location)`` of the ``checkpoint_epoch_NNNN`` folders in ``run_dir``."""
+    fs, path = resolve(run_dir)
+    sel = pafs.FileSelector(path.rstrip("/"), recursive=False, allow_not_found=True)
+    try:
+        infos = fs.get_file_info(sel)
+    except NotADirectoryError:
         return []
     out = []
-    for p in run_dir.iterdir():
-        m = _CKPT_DIR.match(p.name)
-        if m and p.is_dir():
-            out.append((int(m.group(1)), p))
+    for info in infos:
+        m = _CKPT_DIR.match(info.base_name)
+        if m and info.type == pafs.FileType.Directory:
+            out.append((int(m.group(1)), child(run_dir, info.base_name)))
     return out
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """``(epoch, path)`` of the checkpoint Ray Train restores on a rerun, from its checkpoint
-    manager snapshot; ``None`` when Ray Train has none (the run starts at epoch 1)."""
+def latest_checkpoint(run_dir: Location) -> tuple[int, Location] | None:
+    """``(epoch, location)`` of the checkpoint Ray Train restores on a rerun, from its
+    checkpoint manager snapshot (Ray records a checkpoint there only once its upload is
+    complete); ``None`` when Ray Train has none (the run starts at epoch 1)."""
     from pipelines.checkpoint import is_checkpoint
 
-    snapshot = run_dir / SNAPSHOT_FILE
-    if not snapshot.is_file():
+    text = read_text(child(run_dir, SNAPSHOT_FILE))
+    if text is None:
         return None
-    text = snapshot.read_text(encoding="utf-8")
     try:
         name = (json.loads(text).get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
     except (ValueError, AttributeError):
         name = None
-    candidates = sorted(_checkpoint_dirs(run_dir), reverse=True)
+    candidates = sorted(_checkpoint_dirs(run_dir), key=lambda ec: ec[0], reverse=True)
     for epoch, path in candidates:
-        if (path.name == name if name else path.name in text) and is_checkpoint(path):
+        base = _CKPT_DIR.search(str(path).split("?", 1)[0])
+        dir_name = base.group(0) if base else ""
+        if (dir_name == name if name else dir_name in text) and is_checkpoint(
+            path, need_marker=False
+        ):
             return epoch, path
     return None
 
 
-def _has_run(run_dir: Path) -> bool:
-    return run_dir.is_dir() and any(
-        (run_dir / n).exists() for n in (RECIPE_FILE, SNAPSHOT_FILE, "mlflow_run_id")
+def _has_run(run_dir: Location) -> bool:
+    from data_prep.storage import file_size
+
+    return any(
+        file_size(child(run_dir, n)) is not None
+        for n in (RECIPE_FILE, SNAPSHOT_FILE, "mlflow_run_id")
     )
 
 
-def check_rerun(recipe: Recipe, run_dir: Path) -> ResumePoint | None:
+def check_rerun(recipe: Recipe, run_dir: Location) -> ResumePoint | None:
     """``None`` for a fresh run; else the point a rerun resumes from. Raises
     :class:`RecipeChangedError` when ``recipe`` changes keys a resume may not change. Reads
     only; writes nothing."""
@@ -203,27 +259,44 @@ def check_rerun(recipe: Recipe, run_dir: Path) -> ResumePoint | None:
     return ResumePoint(run_dir, old, epoch, ckpt, changes)
 
 
-def move_aside(run_dir: Path, *, now: datetime | None = None) -> Path | None:
-    """Rename an existing ``run_dir`` to ``<name>.prev-<UTC time>`` (``-N`` appended when taken);
-    returns the new path, ``None`` when there was nothing to move."""
-    if not run_dir.exists():
+def move_aside(run_dir: Location, *, now: datetime | None = None) -> Location | None:
+    """Move an existing ``run_dir`` to ``<name>.prev-<UTC time>`` (``-N`` appended when taken);
+    returns the new location, ``None`` when there was nothing to move. Locally a rename; on
+    an object store (no rename) a copy of every object, then the old prefix is deleted."""
+    if not _exists(run_dir):
         return None
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    target = run_dir.with_name(f"{run_dir.name}{PREV_MARK}{stamp}")
+
+    def sibling(suffix: str) -> Location:
+        if isinstance(run_dir, Path):
+            return run_dir.with_name(f"{run_dir.name}{PREV_MARK}{suffix}")
+        head, sep, query = run_dir.partition("?")
+        return f"{head.rstrip('/')}{PREV_MARK}{suffix}{sep}{query}"
+
+    target = sibling(stamp)
     n = 1
-    while target.exists():
-        target = run_dir.with_name(f"{run_dir.name}{PREV_MARK}{stamp}-{n}")
+    while _exists(target):
+        target = sibling(f"{stamp}-{n}")
         n += 1
-    os.replace(run_dir, target)
+    if isinstance(run_dir, Path):
+        os.replace(run_dir, target)
+        return target
+    fs, src = resolve(run_dir)
+    _, dst = resolve(target)
+    pafs.copy_files(src.rstrip("/"), dst, source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(src.rstrip("/"))
     return target
 
 
 def resume_message(name: str, point: ResumePoint, mlflow_run_id: str | None) -> str:
     """The console line of a resumed run."""
     run = f"MLflow run {mlflow_run_id}" if mlflow_run_id else "no MLflow run: tracking unavailable"
+    from pipelines.checkpoint import describe
+
     if point.checkpoint is None:
         return f"resuming run {name}: no checkpoint yet, starting at epoch 1 ({run})"
-    return f"resuming run {name} from epoch {point.epoch} checkpoint {point.checkpoint} ({run})"
+    where = describe(point.checkpoint)
+    return f"resuming run {name} from epoch {point.epoch} checkpoint {where} ({run})"
 
 
 def describe_changes(changes: dict[str, tuple[str, str]]) -> str:
@@ -231,18 +304,22 @@ def describe_changes(changes: dict[str, tuple[str, str]]) -> str:
 
 
 __all__ = [
+    "Location",
     "PREV_MARK",
     "RECIPE_FILE",
     "RESUMABLE_KEYS",
     "RecipeChangedError",
     "ResumePoint",
     "check_rerun",
+    "child",
     "describe_changes",
     "latest_checkpoint",
     "move_aside",
     "recipe_changes",
     "refused_changes",
+    "read_text",
     "resume_message",
+    "run_location",
     "stored_recipe",
     "write_recipe",
 ]
