@@ -205,7 +205,7 @@ def main() -> int:
             object_store_memory=512 * 1024**2,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env=runtime_env(),
+            runtime_env=runtime_env(local=True),
         )
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False

@@ -117,7 +117,7 @@ def main() -> int:
         num_cpus=4,
         object_store_memory=512 * 1024**2,
         include_dashboard=False,
-        runtime_env=runtime_env(),
+        runtime_env=runtime_env(local=True),
     )
     shards = Path(args.shards) if args.shards else make_shards(work, args.videos)
     rows = []

@@ -50,7 +50,7 @@ def ray_local():
             include_dashboard=False,
             log_to_driver=True,
             _node_ip_address="127.0.0.1",
-            runtime_env=runtime_env(),
+            runtime_env=runtime_env(local=True),
         )
     yield ray
     ray.shutdown()
