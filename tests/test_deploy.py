@@ -138,7 +138,7 @@ def test_dockerfile_parses_and_matches_the_pins():
     assert {".venv", "data", "outputs", "mlruns", "mlflow.db"} <= set(ignored)
 
 
-# --------------------------------------------------------------------------- docs/CLUSTER.md
+# ------------------------------------------------------------------------- documented commands
 
 
 def shell_commands(markdown: str) -> list[str]:
@@ -161,8 +161,11 @@ def shell_commands(markdown: str) -> list[str]:
     return cmds
 
 
-def test_every_lstc_command_in_the_cluster_guide_parses():
-    cmds = shell_commands((ROOT / "docs" / "CLUSTER.md").read_text())
+@pytest.mark.parametrize("doc", ["README.md", "docs/CLUSTER.md"])
+def test_every_lstc_command_in_the_docs_parses(doc):
+    """Each ``lstc ...`` line of the docs' bash blocks parses with the real command line (and
+    its recipe loads with its overrides); for ``lstc submit`` the submitted command too."""
+    cmds = shell_commands((ROOT / doc).read_text())
     assert len(cmds) >= 6, cmds
     for cmd in cmds:
         argv = [a for a in shlex.split(cmd)[1:]]
