@@ -76,6 +76,32 @@ def runtime_env(*, local: bool = False) -> dict[str, object]:
     return {"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env_vars}
 
 
+#: set by Ray in the driver of a Ray Job: the job's config, runtime env included (JSON)
+JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+
+
+def _beside_job(ours: dict[str, Any]) -> dict[str, Any]:
+    """``ours`` without the fields and environment variables the Ray Job this process runs
+    in already sets (``lstc submit`` puts :func:`runtime_env` into the job's): Ray refuses a
+    ``ray.init`` runtime env that repeats a field or variable of the job's."""
+    import json
+    import os
+
+    raw = os.environ.get(JOB_CONFIG_ENV)
+    if not raw:
+        return ours
+    job = json.loads(raw).get("runtime_env") or {}
+    out: dict[str, Any] = {}
+    for key, value in ours.items():
+        if key == "env_vars":
+            extra = {k: v for k, v in value.items() if k not in (job.get("env_vars") or {})}
+            if extra:
+                out[key] = extra
+        elif key not in job:
+            out[key] = value
+    return out
+
+
 def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local instance with a capped
     object store and at least ``min_cpus`` logical CPUs (training workers hold their CPUs for
@@ -90,7 +116,7 @@ def init_ray(address: str | None = None, *, min_cpus: float = 0) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env())
+        ray.init(address=address, log_to_driver=True, runtime_env=_beside_job(runtime_env()))
     else:
         ray.init(
             num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)),
