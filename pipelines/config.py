@@ -232,6 +232,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (DDP ranks)")
     use_gpu: bool = Field(False, description="one GPU per worker")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs per worker")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement of the workers (STRICT_SPREAD: one per node)"
+    )
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored (fp32) on CPU")
     seed: int = Field(0, description="random seed")
     storage_path: str = Field("outputs/ray_results", description="Ray Train storage (path/URI)")

@@ -379,8 +379,11 @@ def test_old_checkpoint_recipe_still_loads(tmp_path):
     recipe = load_recipe_from_checkpoint(tmp_path)
     assert recipe == load_recipe(TINY)
     assert recipe.source == str(tmp_path / "recipe.yaml")
-    # today's writer: the same text without the removed key
-    assert recipe.to_yaml() == OLD_CHECKPOINT_RECIPE.replace("  fail_at_epoch: null\n", "")
+    # today's writer: the same text without the removed key, with the keys added since
+    # (at their defaults)
+    assert recipe.to_yaml() == OLD_CHECKPOINT_RECIPE.replace("  fail_at_epoch: null\n", "").replace(
+        "  cpus_per_worker: 1.0\n", "  cpus_per_worker: 1.0\n  placement_strategy: PACK\n"
+    )
     # a value other than null for the removed key is an error, not silently dropped
     with pytest.raises(ConfigError, match="unknown key 'train.fail_at_epoch'"):
         Recipe.from_dict(yaml_load(OLD_CHECKPOINT_RECIPE.replace("at_epoch: null", "at_epoch: 2")))

@@ -379,6 +379,7 @@ def _train(
             num_workers=tr.num_workers,
             use_gpu=tr.use_gpu,
             resources_per_worker={"CPU": tr.cpus_per_worker, **({"GPU": 1} if tr.use_gpu else {})},
+            placement_strategy=tr.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=tr.run_name,

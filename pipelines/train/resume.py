@@ -51,6 +51,7 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.ray_address": "which cluster runs it, not what is computed",
     "train.log_level": "console verbosity of Ray Train",
     "train.max_failures": "how many worker failures are retried",
+    "train.placement_strategy": "which nodes the workers run on, not what they compute",
     "tracking.uri": "the address of the MLflow store (it must hold the run's MLflow run id)",
     "train.epochs": "extend or shorten the run when the LR schedule does not depend on the "
     "number of epochs (schedule.kind step or constant; not cosine) and not below the "
