@@ -2,6 +2,9 @@
 
 The cluster (head + one worker node, each its own raylet and custom resource) runs on
 loopback; commands are submitted through the Job Submission SDK exactly as a user would.
+The training tests add what a multi-node run needs: an S3 endpoint (moto, loopback) for
+shards and run folders and an ``mlflow server`` with its artifacts on that bucket; a file
+tracking store is refused there before any worker starts.
 """
 
 from __future__ import annotations
