@@ -223,7 +223,7 @@ def s3_run(ray_local, s3, s3_shards, env):
 # ------------------------------------------------------------------ a run on object storage
 
 
-def test_run_on_s3_keeps_every_file_in_the_bucket(s3_run, s3):
+def test_run_on_s3_keeps_every_file_in_the_bucket(s3_run, s3, tmp_path):
     from data_prep.storage import read_bytes
     from pipelines.checkpoint import COMPLETE_FILE, describe, is_checkpoint, read_marker
     from pipelines.train.resume import child
@@ -265,6 +265,11 @@ def test_run_on_s3_keeps_every_file_in_the_bucket(s3_run, s3):
     assert run.data.tags["lstc.run_dir"] == describe(run_dir)
     assert run.data.tags["lstc.run_dir"].startswith(f"s3://{BUCKET}/runs/s3run?")
     assert "testing:testing" not in json.dumps({**run.data.tags, **run.data.params})
+    logged = MlflowClient(tracking_uri=recipe.tracking.uri).download_artifacts(
+        result.mlflow_run_id, "config/recipe.yaml", str(tmp_path)
+    )
+    text = Path(logged).read_text()
+    assert f"s3://{BUCKET}/runs?" in text and "testing:testing" not in text
 
 
 def test_lstc_eval_of_the_s3_checkpoint_reproduces_validation_metrics(s3_run, s3, s3_shards, env):

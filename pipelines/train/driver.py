@@ -104,6 +104,19 @@ def ray_storage(recipe: Recipe) -> tuple[Any, str]:
     return fs, path.rstrip("/") or "/"
 
 
+def _without_credentials(value: Any) -> Any:
+    """``value`` (nested dicts/lists) with every URI string stripped of credentials, for what
+    goes to MLflow (``pipelines.checkpoint.describe``)."""
+    from data_prep.storage import is_uri
+    from pipelines.checkpoint import describe
+
+    if isinstance(value, dict):
+        return {k: _without_credentials(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_credentials(v) for v in value]
+    return describe(value) if isinstance(value, str) and is_uri(value) else value
+
+
 def _best_effort(what: str, fn: Any) -> None:
     """Run ``fn``; a failure (e.g. the object store is unreachable) warns instead of raising,
     so that the error being reported is not replaced by a bookkeeping one."""
@@ -239,7 +252,7 @@ def _train(
     import ray.train
     from ray.data import ExecutionOptions
 
-    from data_prep.storage import is_uri, write_text
+    from data_prep.storage import write_text
     from pipelines.checkpoint import describe
     from pipelines.data import build_train_dataset, build_val_clips
     from pipelines.mlops.tracking import (
@@ -317,13 +330,9 @@ def _train(
     # MLflow params are immutable: keys changed on resume are recorded in lstc.resume_changes;
     # URIs are logged without credentials
     tracker.log_params(
-        {
-            k: describe(v) if isinstance(v, str) and is_uri(v) else v
-            for k, v in recipe.flatten().items()
-            if k not in changed
-        }
+        _without_credentials({k: v for k, v in recipe.flatten().items() if k not in changed})
     )
-    tracker.log_dict(recipe.to_dict(), "config/recipe.yaml")
+    tracker.log_dict(_without_credentials(recipe.to_dict()), "config/recipe.yaml")
     tracker.log_inputs(_dataset_inputs(recipe))
     append_event(
         run_dir,
@@ -332,7 +341,7 @@ def _train(
         mlflow_run_id=run_id,
         resume_epoch=point.epoch if point is not None else None,
         changed={k: list(v) for k, v in changed.items()},
-        previous_run_dir=str(previous_dir) if previous_dir is not None else None,
+        previous_run_dir=describe(previous_dir) if previous_dir is not None else None,
     )
     stop.on_stop(
         lambda: _best_effort(
