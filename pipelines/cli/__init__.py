@@ -1,7 +1,7 @@
 """The `lstc` command line: one sub-command per pipeline stage.
 
-Each stage lives in its own module exposing ``register(subparsers)``; this file only
-collects them, so adding a stage never grows a monolithic argparse file. Modules must
+Each command lives in its own module (``add_arguments`` + ``run``, its docstring as the help
+text); this file only collects them, so adding one never grows a monolithic argparse file. Modules must
 keep heavy imports (torch, ray, mlflow) inside their run functions so ``--help`` is fast.
 """
 
@@ -15,15 +15,36 @@ from collections.abc import Sequence
 
 from pipelines.ray_setup import StoppedBySignal, shutdown_ray
 
-# (module, attribute) of each stage's register function, in the order shown by --help.
-STAGES: tuple[str, ...] = (
-    "pipelines.cli.synth",  # lstc synth
-    "pipelines.cli.prep",  # lstc prep
-    "pipelines.cli.train",  # lstc train
-    "pipelines.cli.eval",  # lstc eval
-    "pipelines.cli.demo",  # lstc demo
-    "pipelines.cli.submit",  # lstc submit, lstc jobs
-)
+#: command -> (module, one-line help), in the order shown by ``lstc --help``. Each module has
+#: ``add_arguments(parser)`` and ``run(args) -> exit code``; its docstring, after the first
+#: line, is the command's ``--help`` description, and an optional ``EPILOG`` its examples.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": (
+        "pipelines.cli.synth",
+        "generate the synthetic refer-shapes benchmark (A2D Sentences layout)",
+    ),
+    "prep": (
+        "pipelines.cli.prep",
+        "benchmark files -> Parquet shards + manifest + rejects (Ray Data)",
+    ),
+    "train": (
+        "pipelines.cli.train",
+        "train a recipe with Ray Train (DDP), track in MLflow, register the best model",
+    ),
+    "eval": (
+        "pipelines.cli.eval",
+        "evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",
+    ),
+    "demo": (
+        "pipelines.cli.demo",
+        "run the whole pipeline on a synthetic benchmark (synth -> prep -> train -> eval)",
+    ),
+    "submit": (
+        "pipelines.cli.submit",
+        "run an lstc command as a Ray Job on a cluster, stream its logs",
+    ),
+    "jobs": ("pipelines.cli.jobs", "list, inspect, follow or stop the Ray Jobs of a cluster"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,8 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         "tracking and registry (MLflow), sweeps (Optuna).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in STAGES:
-        importlib.import_module(name).register(sub)
+    for name, (module_name, summary) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(
+            name,
+            help=summary,
+            description=doc.split("\n\n", 1)[-1],
+            epilog=getattr(module, "EPILOG", None),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
     return parser
 
 

@@ -1,4 +1,11 @@
-"""``lstc demo``: the whole pipeline on embedded defaults, offline, on this machine."""
+"""``lstc demo``: the whole pipeline on embedded defaults, offline, on this machine.
+
+Generate the synthetic refer-shapes benchmark, prepare its shards with Ray Data, train the
+tiny LSTC recipe with Ray Train (tracked in MLflow, best model registered), then evaluate
+the registered model. Offline, CPU, resumable: rerun the same command to finish an
+interrupted demo (finished stages are kept). Ends by writing <workdir>/demo_summary.md and
+demo_summary.json: metrics, timings, machine, git commit, command line, MLflow run ids.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,7 @@ import sys
 from pipelines.demo import DEFAULT_RECIPE
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "demo",
-        help="run the whole pipeline on a synthetic benchmark (synth -> prep -> train -> eval)",
-        description="Generate the synthetic refer-shapes benchmark, prepare its shards with Ray "
-        "Data, train the tiny LSTC recipe with Ray Train (tracked in MLflow, best model "
-        "registered), then evaluate the registered model. Offline, CPU, resumable: rerun "
-        "the same command to finish an interrupted demo (finished stages are kept). Ends by "
-        "writing <workdir>/demo_summary.md and demo_summary.json: metrics, timings, machine, "
-        "git commit, command line, MLflow run ids.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workdir", default="data/refer_shapes", help="where data goes (default %(default)s)"
     )
@@ -34,7 +31,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--stride", type=int, default=2, help="frame stride inside a clip (default 2)")
     p.add_argument("--skip-train", action="store_true", help="stop after the shards")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,30 +1,23 @@
-"""``lstc eval``: score a registered model or a checkpoint on prepared shards."""
-
-from __future__ import annotations
-
-import argparse
-import sys
-from typing import Any
-
-DESCRIPTION = """Score a registered model or a checkpoint on prepared shards.
+"""``lstc eval``: score a registered model or a checkpoint on prepared shards.
 
 Every metric of ``lstc.metrics`` is computed with the function training-time validation uses
 (so the numbers reproduce the logged validation metrics), printed as a table and logged to a
 new MLflow run tagged with the model. Ref-DAVIS17 shards are also scored per expression set and
 averaged over the sets. ``--submission`` writes, validates and zips a Ref-YouTube-VOS
-submission."""
+submission.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+EPILOG = """examples:
+  lstc eval --model models:/lstc-refer-shapes-tiny@champion --data data/refer_shapes/shards
+  lstc eval --model outputs/ckpt --data data/ytvos/shards --split valid --submission sub.zip"""
 
 
-def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n"
-        "  lstc eval --model models:/lstc-refer-shapes-tiny@champion --data data/refer_shapes/shards\n"
-        "  lstc eval --model outputs/ckpt --data data/ytvos/shards --split valid --submission sub.zip",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         required=True,
@@ -68,7 +61,6 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--output", default=None, metavar="JSON", help="also write the metrics to this JSON file"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

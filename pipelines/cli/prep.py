@@ -1,4 +1,14 @@
-"""``lstc prep``: prepare a benchmark into Parquet shards (Ray Data job)."""
+"""``lstc prep``: prepare a benchmark into Parquet shards (Ray Data job).
+
+Index a benchmark in its native layout, decode T-frame clips around every target frame,
+resize, JPEG-encode and write versioned Parquet shards with a manifest and a rejects table.
+Resumable: rerun the same command to finish an interrupted job. --out may be an object-store
+URI (s3://bucket/prefix, gs://bucket/prefix, file://...): S3 credentials come from the AWS
+chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws, instance profile), a non-AWS
+endpoint from AWS_ENDPOINT_URL_S3=http://host:port or the URI query
+?endpoint_override=host:port&scheme=http; on a cluster every node needs them. --root stays a
+local folder or shared mount.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +16,7 @@ import argparse
 import sys
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "prep",
-        help="benchmark files -> Parquet shards + manifest + rejects (Ray Data)",
-        description="Index a benchmark in its native layout, decode T-frame clips around every "
-        "target frame, resize, JPEG-encode and write versioned Parquet shards with a manifest "
-        "and a rejects table. Resumable: rerun the same command to finish an interrupted job. "
-        "--out may be an object-store URI (s3://bucket/prefix, gs://bucket/prefix, file://...): "
-        "S3 credentials come from the AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
-        "~/.aws, instance profile), a non-AWS endpoint from AWS_ENDPOINT_URL_S3=http://host:port "
-        "or the URI query ?endpoint_override=host:port&scheme=http; on a cluster every node "
-        "needs them. --root stays a local folder or shared mount.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
@@ -71,7 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--concurrency", type=int, default=None, help="max shard tasks in flight (default: CPUs)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

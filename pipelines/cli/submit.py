@@ -1,4 +1,12 @@
-"""``lstc submit`` and ``lstc jobs``: run lstc commands as Ray Jobs on a cluster."""
+"""``lstc submit``: run an lstc command as a Ray Job on a cluster and stream its logs.
+
+Submit `lstc COMMAND ARGS...` to a Ray cluster through the Job Submission SDK. The job gets
+this checkout as its working dir (without .venv, data/, outputs/, MLflow stores) and the
+settings every node needs (MLFLOW_TRACKING_URI, AWS_* and MLFLOW_S3_ENDPOINT_URL, LSTC_*),
+joins the cluster through RAY_ADDRESS, and its logs stream here. The exit code is the job's:
+0 succeeded, 1 failed, 143 stopped. Paths in ARGS are read on the cluster: use URIs (s3://...)
+or shared mounts.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +16,14 @@ import sys
 
 SUBMITTABLE = ("synth", "prep", "train", "eval", "demo")
 
+EPILOG = """examples:
+  lstc submit --address http://127.0.0.1:8265 prep --dataset a2d --root /mnt/a2d \\
+      --out s3://bucket/shards/a2d
+  lstc submit train --config configs/a2d_paper.yaml train.storage_path=s3://bucket/runs"""
 
-def _address(p: argparse.ArgumentParser) -> None:
+
+def add_address(p: argparse.ArgumentParser) -> None:
+    """The ``--address`` option of the commands that talk to a cluster's Jobs API."""
     p.add_argument(
         "--address",
         default=None,
@@ -18,23 +32,8 @@ def _address(p: argparse.ArgumentParser) -> None:
     )
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "submit",
-        help="run an lstc command as a Ray Job on a cluster and stream its logs",
-        description="Submit `lstc COMMAND ARGS...` to a Ray cluster through the Job Submission "
-        "SDK. The job gets this checkout as its working dir (without .venv, data/, outputs/, "
-        "MLflow stores) and the settings every node needs (MLFLOW_TRACKING_URI, AWS_* and "
-        "MLFLOW_S3_ENDPOINT_URL, LSTC_*), joins the cluster through RAY_ADDRESS, and its logs "
-        "stream here. The exit code is the job's: 0 succeeded, 1 failed, 143 stopped. Paths "
-        "in ARGS are read on the cluster: use URIs (s3://...) or shared mounts.",
-        epilog="examples:\n"
-        "  lstc submit --address http://127.0.0.1:8265 prep --dataset a2d --root s3://b/a2d "
-        "--out s3://b/shards/a2d\n"
-        "  lstc submit train --config configs/a2d_paper.yaml train.storage_path=s3://b/runs",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _address(p)
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_address(p)
     p.add_argument(
         "--env",
         action="append",
@@ -55,27 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "job_command", metavar="COMMAND", choices=SUBMITTABLE, help="the lstc command to run"
     )
     p.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
-    p.set_defaults(func=run_submit)
-
-    j = subparsers.add_parser(
-        "jobs",
-        help="list, inspect, follow or stop the Ray Jobs of a cluster",
-        description="Manage Ray Jobs submitted with `lstc submit`.",
-    )
-    jsub = j.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for name, helptext in (
-        ("list", "jobs of the cluster, newest first"),
-        ("status", "status of one job"),
-        ("logs", "logs of one job (--follow streams until it ends)"),
-        ("stop", "stop a running job"),
-    ):
-        q = jsub.add_parser(name, help=helptext, description=helptext)
-        _address(q)
-        if name != "list":
-            q.add_argument("job_id", help="submission id printed by `lstc submit`")
-        if name == "logs":
-            q.add_argument("--follow", action="store_true", help="stream until the job ends")
-        q.set_defaults(func=run_jobs)
 
 
 def _parse_env(items: list[str]) -> dict[str, str]:
@@ -88,7 +66,7 @@ def _parse_env(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run_submit(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from pipelines.jobs import JobError, JobSpec, exit_code, follow, submit
 
     try:
@@ -119,29 +97,3 @@ def run_submit(args: argparse.Namespace) -> int:
         return 130
     print(f"lstc submit: job {job_id} {final}", file=sys.stderr)
     return exit_code(final)
-
-
-def run_jobs(args: argparse.Namespace) -> int:
-    from pipelines import jobs
-
-    try:
-        if args.action == "list":
-            rows = jobs.list_jobs(address=args.address)
-            print(f"{'SUBMISSION ID':<28} {'STATUS':<10} ENTRYPOINT")
-            for r in rows:
-                print(f"{r['submission_id']:<28} {r['status']:<10} {r['entrypoint']}")
-            return 0
-        if args.action == "status":
-            print(jobs.status(args.job_id, address=args.address))
-            return 0
-        if args.action == "logs":
-            if args.follow:
-                return jobs.exit_code(jobs.follow(args.job_id, address=args.address))
-            print(jobs.logs(args.job_id, address=args.address), end="")
-            return 0
-        stopped = jobs.stop(args.job_id, address=args.address)
-        print(f"job {args.job_id}: {'stop requested' if stopped else 'was not running'}")
-        return 0
-    except jobs.JobError as exc:
-        print(f"lstc jobs: {exc}", file=sys.stderr)
-        return 2

@@ -1,18 +1,16 @@
-"""``lstc synth``: generate the refer-shapes synthetic benchmark (A2D Sentences layout)."""
+"""``lstc synth``: generate the refer-shapes synthetic benchmark (A2D Sentences layout).
+
+Generate refer-shapes: moving shapes over textured backgrounds with referring expressions
+that need motion or appearance cues. Deterministic by seed; read it with `lstc prep
+--dataset refer_shapes --root DIR`.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "synth",
-        help="generate the synthetic refer-shapes benchmark (A2D Sentences layout)",
-        description="Generate refer-shapes: moving shapes over textured backgrounds with "
-        "referring expressions that need motion or appearance cues. Deterministic by seed; "
-        "read it with `lstc prep --dataset refer_shapes --root DIR`.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (created)")
     p.add_argument(
         "--scale",
@@ -24,7 +22,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--videos", type=int, default=None, help="override the number of videos of the scale"
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,4 +1,12 @@
-"""``lstc train``: distributed training of a recipe with Ray Train, tracked in MLflow."""
+"""``lstc train``: distributed training of a recipe with Ray Train, tracked in MLflow.
+
+Train the LSTC network described by a YAML recipe on Ray Train workers (CPU or GPU, DDP),
+streaming the shards through Ray Data. Every epoch is validated and checkpointed; rerunning
+the same command (same train.run_name and train.storage_path) resumes the run and
+re-attaches to its MLflow run (a changed recipe stops with the list of changed keys; --new-run
+starts afresh). At the end the best checkpoint is registered in the MLflow model registry
+(alias champion or challenger).
+"""
 
 from __future__ import annotations
 
@@ -6,20 +14,12 @@ import argparse
 import json
 import sys
 
+EPILOG = """example:
+  lstc train --config configs/refer_shapes_tiny.yaml data.root=data/refer_shapes/shards \\
+      train.epochs=2 optim.lr=1e-3"""
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train",
-        help="train a recipe with Ray Train (DDP), track in MLflow, register the best model",
-        description="Train the LSTC network described by a YAML recipe on Ray Train workers "
-        "(CPU or GPU, DDP), streaming the shards through Ray Data. Every epoch is validated and "
-        "checkpointed; rerunning the same command (same train.run_name and train.storage_path) "
-        "resumes the run and re-attaches to its MLflow run (a changed recipe stops with the "
-        "list of changed keys; --new-run starts afresh). At the end the best checkpoint is "
-        "registered in the MLflow model registry (alias champion or challenger).",
-        epilog="example: lstc train --config configs/refer_shapes_tiny.yaml "
-        "data.root=data/refer_shapes/shards train.epochs=2 optim.lr=1e-3",
-    )
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config", required=True, help="recipe YAML (e.g. configs/refer_shapes_tiny.yaml)"
     )
@@ -40,7 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "rerunning a name resumes the run, and stops with an error if the recipe changed",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
