@@ -385,16 +385,21 @@ def load_model_state(path: str | os.PathLike, map_location: Any = "cpu") -> dict
     return torch.load(Path(path) / MODEL_FILE, map_location=map_location, weights_only=True)
 
 
-def load_model_from_checkpoint(where: Where, map_location: Any = "cpu") -> tuple[Any, Any]:
+def load_model_from_checkpoint(
+    where: Where, map_location: Any = "cpu", *, need_marker: bool = True
+) -> tuple[Any, Any]:
     """``(LSTC in eval mode, Recipe)`` from a complete checkpoint (local path or URI; an
-    incomplete one raises :class:`IncompleteCheckpointError`).
+    incomplete one raises :class:`IncompleteCheckpointError`). ``need_marker=False`` is for
+    checkpoints whose completeness another store vouches for (the copy inside a registered
+    MLflow model, possibly logged before markers existed: MLflow registers a model only
+    after its artifacts were logged).
 
     The network is built without downloading (pretrained specs are replaced by random init,
     then every weight is loaded from ``model.pt``).
     """
     from lstc.model import build_model
 
-    with local_checkpoint(where) as p:
+    with local_checkpoint(where, need_marker=need_marker) as p:
         recipe = load_recipe_from_checkpoint(p)
         model = build_model(recipe.model.without_pretrained())
         model.load_state_dict(load_model_state(p, map_location=map_location))

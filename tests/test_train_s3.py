@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import zipfile
 from collections.abc import Callable, Iterator
@@ -419,6 +420,42 @@ def test_checkpoint_on_s3_loads_only_when_complete(s3, saved_checkpoint, env):
     (local / COMPLETE_FILE).unlink()
     with pytest.raises(IncompleteCheckpointError, match="no _COMPLETE marker"):
         load_model_from_checkpoint(local)
+
+
+def test_registered_s3_checkpoint_loads_even_from_a_bundle_without_marker(
+    s3, saved_checkpoint, env
+):
+    """register_checkpoint from a URI logs a verified download; the checkpoint inside a
+    registered model is complete by MLflow's doing, so a bundle without ``_COMPLETE`` (a
+    model registered before markers existed) still loads."""
+    from pipelines.checkpoint import (
+        COMPLETE_FILE,
+        copy_checkpoint,
+        load_model_state,
+        load_recipe_from_checkpoint,
+    )
+    from pipelines.mlops.registry import checkpoint_of, load_registered, register_checkpoint
+
+    uri = s3.uri("pieces/registered")
+    copy_checkpoint(saved_checkpoint, uri)
+    recipe = load_recipe_from_checkpoint(saved_checkpoint).replace(
+        [f"tracking.uri={env['uri']}", "registry.model_name=lstc-s3-pieces", "data.root=none"]
+    )
+
+    def markers() -> set[Path]:
+        return set((env["base"] / "mlartifacts").rglob(COMPLETE_FILE))
+
+    before = markers()
+    version, _ = register_checkpoint(uri, recipe=recipe, run_id=None, metrics={})
+    bundle = checkpoint_of(f"models:/lstc-s3-pieces/{version}", tracking_uri=env["uri"])
+    assert (bundle / COMPLETE_FILE).is_file()
+    shutil.rmtree(next(p for p in bundle.parents if p.name.startswith("lstc-model-")))
+    # the stored bundle (in the store's local artifact root), as an older version logged it
+    stored = sorted(markers() - before)
+    assert len(stored) == 1, stored
+    stored[0].unlink()
+    model, _ = load_registered(f"models:/lstc-s3-pieces/{version}", tracking_uri=env["uri"])
+    assert_same_weights(model.state_dict(), load_model_state(saved_checkpoint))
 
 
 def test_events_move_aside_and_submission_on_s3(s3, tmp_path):

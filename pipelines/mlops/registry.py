@@ -389,7 +389,9 @@ def load_registered(
 
     ckpt = checkpoint_of(model_uri, tracking_uri=tracking_uri)
     try:
-        return load_model_from_checkpoint(ckpt, map_location)
+        # the bundle of a registered model is complete (MLflow registers it after logging
+        # it); models registered before checkpoints had a _COMPLETE marker load too
+        return load_model_from_checkpoint(ckpt, map_location, need_marker=False)
     finally:  # everything is in memory now
         shutil.rmtree(_download_root(ckpt), ignore_errors=True)
 

@@ -99,7 +99,10 @@ class LSTCPyfunc(mlflow.pyfunc.PythonModel):
         from pipelines.checkpoint import load_model_from_checkpoint
 
         self.artifacts = dict(context.artifacts)
-        self.model, self.recipe = load_model_from_checkpoint(self.artifacts[ARTIFACT_CHECKPOINT])
+        self.model, self.recipe = load_model_from_checkpoint(
+            self.artifacts[ARTIFACT_CHECKPOINT],
+            need_marker=False,  # registered: complete
+        )
         serving = Path(self.artifacts[ARTIFACT_SERVING])
         self.spec = ServingSpec.from_dict(json.loads((serving / SERVING_FILE).read_text()))
         self.examples = {EXAMPLE_VIDEO: str(serving / EXAMPLE_VIDEO)}
