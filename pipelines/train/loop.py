@@ -336,8 +336,12 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         # Ray hands over only checkpoints it recorded after their upload finished; the marker
-        # (when the checkpoint has one) is checked on the downloaded files all the same
-        with ckpt.as_directory() as d:
+        # (when the checkpoint has one) is checked on the downloaded files all the same. Each
+        # rank downloads into a folder of its own: ``Checkpoint.as_directory`` shares one
+        # download folder between the ranks of a node, and a rank was seen reading a
+        # half-written model.pt from it under load
+        with tempfile.TemporaryDirectory(prefix=f"lstc-resume-rank{rank}-") as tmp:
+            d = ckpt.to_directory(tmp)
             require_checkpoint(d, need_marker=False)
             model.load_state_dict(load_model_state(d))
             state = load_train_state(d)
