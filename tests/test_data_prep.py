@@ -183,7 +183,13 @@ def test_killed_then_rerun_equals_uninterrupted_run(ray_local, tmp_path: Path):
     proc.wait()
     done_before = len(list(progress.glob("*.json")))
     assert 2 <= done_before < total and not (killed / "manifest.json").exists()
-    time.sleep(1.0)  # let Ray reap the dead driver's task
+    # let Ray reap the dead driver's tasks: wait until their CPUs are back (bounded; the rerun
+    # is correct either way, its writes are atomic and checked by checksum)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and ray_local.available_resources().get(
+        "CPU", 0
+    ) < ray_local.cluster_resources().get("CPU", 0):
+        time.sleep(0.05)
     summary = prep(tmp_path / "src", killed, "refer_shapes", clips_per_shard=1)
     assert (
         summary.shards_skipped >= done_before - 1

@@ -19,7 +19,8 @@ SUBMITTABLE = ("synth", "prep", "train", "eval", "demo")
 EPILOG = """examples:
   lstc submit --address http://127.0.0.1:8265 prep --dataset a2d --root /mnt/a2d \\
       --out s3://bucket/shards/a2d
-  lstc submit train --config configs/a2d_paper.yaml train.storage_path=s3://bucket/runs"""
+  lstc submit train --config configs/a2d_paper.yaml train.storage_path=s3://bucket/runs
+  lstc submit eval --model models:/lstc-a2d@champion --data s3://bucket/shards/a2d"""
 
 
 def add_address(p: argparse.ArgumentParser) -> None:
