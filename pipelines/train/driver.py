@@ -42,8 +42,9 @@ the run's bookkeeping:
 from __future__ import annotations
 
 import json
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipelines.config import Recipe
 
 RUN_ID_FILE = "mlflow_run_id"
+_DATA_CONTEXT_LOCK = threading.Lock()
 SUMMARY_FILE = "summary.json"
 
 
@@ -69,6 +71,8 @@ class TrainResult:
     best_metrics: dict[str, Any] = field(default_factory=dict)
     last_metrics: dict[str, Any] = field(default_factory=dict)
     registered: tuple[str, str] | None = None  # (version, alias)
+    #: a callback's ``should_stop`` ended training before ``train.epochs`` (sweep pruning)
+    stopped_early: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,7 @@ class TrainResult:
             "best_metrics": self.best_metrics,
             "last_metrics": self.last_metrics,
             "registered": list(self.registered) if self.registered else None,
+            "stopped_early": self.stopped_early,
         }
 
 
@@ -199,6 +204,7 @@ def train(
     register: bool | None = None,
     callbacks: Sequence[Any] = (),
     new_run: bool = False,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """Train ``recipe`` on Ray (resuming a run of the same name), then register the best model.
 
@@ -209,7 +215,10 @@ def train(
     is created.
 
     ``callbacks``: worker callbacks (:mod:`pipelines.train.callbacks`), called on every rank
-    after each optimizer step / epoch; they must pickle (they travel to the workers).
+    after each optimizer step / epoch; they must pickle (they travel to the workers). A
+    callback's ``should_stop`` may end training early (``TrainResult.stopped_early``).
+
+    ``tags``: extra MLflow tags of the run (e.g. a sweep's ``mlflow.parentRunId``).
 
     SIGTERM / SIGINT (main thread, once Ray is up) stop the run in order: the Ray Train run is
     aborted, the MLflow run marked KILLED, and :class:`pipelines.train.stopping.TrainingStopped`
@@ -222,7 +231,9 @@ def train(
     started = time.time()
     stop = SignalStop()
     try:
-        return _train(recipe, stop, register=register, callbacks=callbacks, new_run=new_run)
+        return _train(
+            recipe, stop, register=register, callbacks=callbacks, new_run=new_run, tags=tags
+        )
     except BaseException as exc:
         if stop.signum is None:
             raise
@@ -245,6 +256,7 @@ def _train(
     register: bool | None,
     callbacks: Sequence[Any],
     new_run: bool,
+    tags: Mapping[str, str] | None = None,
 ) -> TrainResult:
     """The body of :func:`train`; ``stop`` handles signals from the moment Ray is up."""
     import ray.cloudpickle
@@ -304,6 +316,7 @@ def _train(
     write_recipe(run_dir, recipe)  # what the next rerun is compared with
     previous_id = _mlflow_run_id(run_dir)
     changed = point.changed if point is not None else {}
+    extra_tags = dict(tags or {})
     tags = {
         "lstc.recipe_hash": recipe.hash(),
         "lstc.recipe_source": recipe.source,
@@ -314,6 +327,7 @@ def _train(
         "lstc.train_samples": str(n_train),
         **dataset_tags(recipe.data.root),
         **_cluster_tags(),
+        **extra_tags,
     }
     if changed:
         tags["lstc.resume_changes"] = describe_changes(changed)
@@ -369,17 +383,19 @@ def _train(
     }
     # Datasets snapshot the DataContext when created: build them with deterministic block order
     # (and no progress bars in worker logs), then give the caller's context back.
-    data_ctx = ray.data.DataContext.get_current()
-    saved = (data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order)
-    data_ctx.enable_progress_bars = False
-    data_ctx.execution_options.preserve_order = True
-    try:
-        train_ds = build_train_dataset(recipe)
-        if recipe.data.cache_train:
-            train_ds = train_ds.materialize()
-        val_ds = build_val_clips(recipe)
-    finally:
-        data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order = saved
+    # The context is process-wide: runs started from threads (sweeps) take turns.
+    with _DATA_CONTEXT_LOCK:
+        data_ctx = ray.data.DataContext.get_current()
+        saved = (data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order)
+        data_ctx.enable_progress_bars = False
+        data_ctx.execution_options.preserve_order = True
+        try:
+            train_ds = build_train_dataset(recipe)
+            val_ds = build_val_clips(recipe)
+        finally:
+            data_ctx.enable_progress_bars, data_ctx.execution_options.preserve_order = saved
+    if recipe.data.cache_train:
+        train_ds = train_ds.materialize()
     storage_fs, storage_path = ray_storage(recipe)
     trainer = trainer_class(stop)(
         train_loop_per_worker,
@@ -446,6 +462,7 @@ def _finish(
         copy_checkpoint(where(last_ckpt), out.last_checkpoint)
         copy_checkpoint(where(best_ckpt), out.best_checkpoint)
         out.best_metrics, out.last_metrics = best_m, last_m
+        out.stopped_early = int(last_m.get("epoch") or 0) < recipe.train.epochs
         tracker.set_tags(
             {
                 "lstc.best_epoch": str(best_m.get("epoch")),

@@ -22,7 +22,8 @@
    worker's local copy. Rank 0 logs metrics, an overlay grid of fixed validation samples and
    the metric curves to MLflow;
 5. worker callbacks' ``on_epoch_end`` (:mod:`pipelines.train.callbacks`; the tests inject
-   worker faults through them).
+   worker faults through them), then their ``should_stop`` on rank 0, broadcast to every rank:
+   a stop ends the loop after this epoch (event ``stopped_early``; sweeps prune this way).
 """
 
 from __future__ import annotations
@@ -528,9 +529,36 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
             )
         call_hook(callbacks, "on_epoch_end", epoch + 1, rank, str(run_dir or ""), metrics)
+        stop = _stop_requested(callbacks, epoch + 1, rank, str(run_dir or ""), metrics, device)
+        if stop and epoch + 1 < tr.epochs:  # asked after the last epoch too (it sees every one)
+            if rank == 0:
+                append_event(run_dir, "stopped_early", epoch=epoch + 1, global_step=global_step)
+                print(f"lstc train: stopped early after epoch {epoch + 1}", flush=True)
+            break
     if rank == 0:
         append_event(run_dir, "train_end", epoch=tr.epochs, global_step=global_step)
         tracker.end("FINISHED")
+
+
+def _stop_requested(
+    callbacks: list[Any], epoch: int, rank: int, run_dir: str, metrics: Any, device: Any
+) -> bool:
+    """Rank 0 asks the callbacks' ``should_stop`` (:mod:`pipelines.train.callbacks`); the
+    decision is broadcast so that every rank leaves the loop after the same epoch."""
+    import torch
+
+    from pipelines.train.callbacks import has_stop_hook, wants_stop
+
+    if not has_stop_hook(callbacks):  # the same callbacks on every rank: all skip alike
+        return False
+    flag = torch.tensor(
+        [1.0 if rank == 0 and wants_stop(callbacks, epoch, rank, run_dir, metrics) else 0.0],
+        device=device,
+    )
+    dist = _dist()
+    if dist is not None:
+        dist.broadcast(flag, src=0)
+    return bool(flag[0] > 0)
 
 
 def _log_curves(tracker: Any, history: Mapping[str, list[float]]) -> None:
