@@ -166,7 +166,8 @@ EPOCH_AXIS = "epoch"  # epoch number, 1-based
 SUMMARY_AXIS = "summary"  # one value per run, at the epoch it comes from
 ONCE_AXIS = "once"  # one value per run, step 0
 SYSTEM_AXIS = "system"  # MLflow's system-metrics sample counter (MLflow logs these itself)
-AXES = (STEP_AXIS, EPOCH_AXIS, SUMMARY_AXIS, ONCE_AXIS, SYSTEM_AXIS)
+TRIAL_AXIS = "trial"  # a sweep's parent run: Optuna trial number, 0-based
+AXES = (STEP_AXIS, EPOCH_AXIS, SUMMARY_AXIS, ONCE_AXIS, SYSTEM_AXIS, TRIAL_AXIS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +187,7 @@ METRIC_FAMILIES: tuple[MetricFamily, ...] = (
     MetricFamily("best/", SUMMARY_AXIS, "training driver, end of the run (best checkpoint)"),
     MetricFamily("eval/", ONCE_AXIS, "lstc eval (pipelines.eval.runner)"),
     MetricFamily("system/", SYSTEM_AXIS, "MLflow's system-metrics monitor (training rank 0)"),
+    MetricFamily("sweep/", TRIAL_AXIS, "lstc sweep, parent run, as each trial finishes"),
 )
 
 
@@ -215,6 +217,8 @@ def check_metric_axis(key: str, step: int | None, axis: str | None) -> None:
                 f"{key} is a {fam.prefix}* metric: log it with axis={fam.axis!r} "
                 f"(got axis={axis!r}; see docs/INTERFACES.md, metric keys)"
             )
+    if axis == TRIAL_AXIS and (step is None or int(step) < 0):
+        raise MetricAxisError(f"{key}: axis 'trial' is the trial number (>= 0), got {step}")
     if axis == ONCE_AXIS and step not in (None, 0):
         raise MetricAxisError(f"{key}: axis 'once' is logged at step 0, got step {step}")
     if axis in (STEP_AXIS, EPOCH_AXIS, SUMMARY_AXIS) and (step is None or int(step) < 1):
