@@ -29,8 +29,19 @@ the original frame size; ``N`` = number of samples; ``I_i = |P_i ∩ G_i|``, ``U
   J)`` and likewise ``F``; without tracks every sample is its own track, i.e. ``J`` equals
   ``mean_iou``. ``J&F = (J + F) / 2``.
 
-Group results (e.g. the four Ref-DAVIS17 expression sets): pass ``group=...`` to ``process``,
-call :meth:`ReferringMetrics.compute_by_group`, and average with :func:`average_over_groups`.
+Per-label results (issue 14: every metric per expression kind, A2D actor / action class,
+Ref-DAVIS17 expression set): pass ``labels=[...]`` to ``process``; :meth:`ReferringMetrics.
+compute_by_label` applies the same equations to each label's samples (``N``, ``Σ I``, ``Σ U``,
+the P@K counts and COCO AP restricted to them). Labels travel in :meth:`~ReferringMetrics.state`,
+so per-label numbers merged from shards equal one pass, like the overall ones.
+
+Ref-DAVIS17 protocol (published numbers, e.g. ReferFormer's ``inference_davis.py`` +
+``eval_davis.py``): per expression set, a video's objects are predicted from that set's
+expressions and merged into one label map per frame (:func:`merge_object_masks`), then scored
+with the DAVIS-2017 ``unsupervised`` procedure (objects matched to ground truth by the
+Hungarian algorithm on mean (J+F)/2, J and F averaged over frames, then over every object of
+every video); the four sets are averaged (:meth:`ReferringMetrics.process_objects`,
+:meth:`ReferringMetrics.compute_objects`, :func:`average_over_groups`). docs/METRICS.md.
 
 Order independence: all sums over floats use ``math.fsum`` (exactly rounded, so independent of
 the order of samples), counts and areas are integers, and COCO AP is computed on samples put in
@@ -59,6 +70,7 @@ __all__ = [
     "boundary_f_measure",
     "boundary_tolerance_px",
     "mask_boundary",
+    "merge_object_masks",
     "to_bool_mask",
 ]
 
@@ -67,7 +79,7 @@ PK_THRESHOLDS: tuple[int, ...] = (50, 60, 70, 80, 90)
 #: Thresholds averaged by ``mAP@0.5:0.95`` (in hundredths, exact).
 MAP_THRESHOLDS: tuple[int, ...] = tuple(range(50, 100, 5))
 #: Version of the dict returned by :meth:`ReferringMetrics.state`.
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 #: every metric ``compute`` returns (besides ``num_samples``), in table order
 METRIC_NAMES: tuple[str, ...] = (
@@ -119,16 +131,29 @@ def to_bool_mask(mask: Any, name: str = "mask") -> np.ndarray:
 
 
 def mask_boundary(mask: np.ndarray) -> np.ndarray:
-    """Inner boundary of a boolean mask: foreground pixels with a background 4-neighbour.
+    """DAVIS-2017 boundary map of a boolean mask (``seg2bmap`` of the DAVIS toolkit).
 
-    ``B(M) = M ∧ ¬erode(M, cross)``, where the erosion treats pixels outside the image as
-    foreground, so the image border itself is not a boundary (a mask covering the whole frame
-    has an empty boundary, as in the DAVIS toolkit).
+    A pixel ``(y, x)`` is a boundary pixel when its value differs from at least one of its
+    east ``(y, x+1)``, south ``(y+1, x)`` and south-east ``(y+1, x+1)`` neighbours that lie
+    inside the image::
+
+        B(y, x) = OR_{(dy, dx) in {(0,1), (1,0), (1,1)}, inside} [M(y, x) != M(y+dy, x+dx)]
+
+    So the map is one pixel wide, offset half a pixel towards the origin: it holds foreground
+    pixels and the background pixels just west / north / north-west of the foreground. Pixels
+    outside the image are never compared (the last row only looks east, the last column only
+    south, the bottom-right pixel is never a boundary), so a mask covering the whole frame has
+    an empty boundary.
     """
     m = np.asarray(mask, dtype=bool)
-    padded = np.pad(m, 1, mode="constant", constant_values=True)
-    interior = m & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
-    return m & ~interior
+    h, w = m.shape
+    b = np.zeros((h, w), dtype=bool)
+    for dy, dx in ((0, 1), (1, 0), (1, 1)):
+        # compare every pixel whose (dy, dx) neighbour is inside the image with that neighbour
+        here = m[: h - dy, : w - dx]
+        there = m[dy:, dx:]
+        b[: h - dy, : w - dx] |= here != there
+    return b
 
 
 def boundary_tolerance_px(shape: Sequence[int], tolerance: float = 0.008) -> int:
@@ -155,11 +180,12 @@ def _boundary_counts(pred: np.ndarray, gt: np.ndarray, d: int) -> tuple[int, int
     boxes = [b for b in (_bbox(pred), _bbox(gt)) if b is not None]
     if not boxes:
         return 0, 0, 0, 0
-    # Crop to both masks plus a margin: boundaries lie inside the masks, and a margin >= 1 keeps
-    # the crop edge away from the masks except where the image edge is (same boundary, same
+    # Crop to both masks plus a margin: boundary pixels lie in the masks or one pixel
+    # north / west of them, and a margin >= 2 keeps the crop's last row and column empty with
+    # empty neighbours unless they are the image's own (same boundary map, same
     # nearest-boundary distances as on the full frame).
     h, w = pred.shape
-    margin = d + 1
+    margin = d + 2
     r0 = max(min(b[0] for b in boxes) - margin, 0)
     r1 = min(max(b[1] for b in boxes) + margin, h)
     c0 = max(min(b[2] for b in boxes) - margin, 0)
@@ -196,9 +222,12 @@ def _f_from_counts(m_p: int, n_p: int, m_g: int, n_g: int) -> tuple[float, float
 def boundary_f_measure(pred: Any, gt: Any, tolerance: float = 0.008) -> tuple[float, float, float]:
     """DAVIS boundary F-measure of one mask pair; returns ``(F, precision, recall)``.
 
-    With ``B_P``, ``B_G`` the boundaries (:func:`mask_boundary`) and ``D_d(X)`` the dilation
-    of ``X`` by a disk of radius ``d = boundary_tolerance_px(shape, tolerance)``
-    (``0.008 ×`` image diagonal, rounded up)::
+    Equal to the DAVIS-2017 toolkit's ``db_eval_boundary`` (davis2017-evaluation,
+    ``f_measure`` without void pixels). With ``B_P``, ``B_G`` the boundary maps
+    (:func:`mask_boundary`, the toolkit's ``seg2bmap``) and ``D_d(X)`` the dilation of ``X``
+    by the disk ``{(u, v): u² + v² ≤ d²}`` of radius ``d = boundary_tolerance_px(shape,
+    tolerance)`` (``ceil(0.008 ×`` image diagonal``)``; the toolkit's ``disk(bound_pix)``),
+    computed here as "Euclidean distance to the nearest pixel of X ≤ d"::
 
         precision = |B_P ∩ D_d(B_G)| / |B_P|
         recall    = |B_G ∩ D_d(B_P)| / |B_G|
@@ -228,7 +257,7 @@ _ARRAY_FIELDS: dict[str, type] = {
     "f": np.float64,
     "score": np.float64,
 }
-_LIST_FIELDS = ("key", "group", "track", "pred_rle", "gt_rle")
+_LIST_FIELDS = ("key", "labels", "track", "pred_rle", "gt_rle")
 
 
 class ReferringMetrics:
@@ -265,6 +294,8 @@ class ReferringMetrics:
         """Forget all samples."""
         self._data: dict[str, list[Any]] = {k: [] for k in (*_ARRAY_FIELDS, *_LIST_FIELDS)}
         self._seen: set[str] = set()
+        #: (group, video, frame) -> merged-object frame record (see process_objects)
+        self._frames: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def __len__(self) -> int:
         return len(self._data["intersection"])
@@ -276,6 +307,7 @@ class ReferringMetrics:
         *,
         score: float = 1.0,
         group: str | None = None,
+        labels: Iterable[str] = (),
         key: str | None = None,
         track: str | None = None,
     ) -> bool:
@@ -286,8 +318,11 @@ class ReferringMetrics:
                 integer non-zero, or float 0/1).
             gt: ground-truth mask, same size.
             score: confidence of the prediction, used only by COCO AP (ranking).
-            group: optional group name for :meth:`compute_by_group` (e.g. the DAVIS
-                expression set).
+            group: optional label (kept for callers that pass one; same as
+                ``labels=[group]``).
+            labels: names of the subsets this sample belongs to (e.g. the refer-shapes
+                expression kind, the A2D actor and action, the Ref-DAVIS17 expression set);
+                :meth:`compute_by_label` scores every label's samples alone.
             key: optional unique sample id (e.g. ``"clip_id/object_id/expression_id"``); a
                 sample whose key was already processed or merged is dropped, so padded
                 duplicates from a distributed sampler are not counted twice.
@@ -322,12 +357,71 @@ class ReferringMetrics:
         data["f"].append(f)
         data["score"].append(score)
         data["key"].append(key)
-        data["group"].append(None if group is None else str(group))
+        names = {str(x) for x in labels}
+        if group is not None:
+            names.add(str(group))
+        data["labels"].append(tuple(sorted(names)))
         data["track"].append(None if track is None else str(track))
         data["pred_rle"].append(_encode(p))
         data["gt_rle"].append(_encode(g))
         if key is not None:
             self._seen.add(key)
+        return True
+
+    def process_objects(
+        self,
+        *,
+        group: str,
+        video: str,
+        frame: str,
+        preds: Mapping[str, Any],
+        gts: Mapping[str, Any],
+        probs: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Add one frame of the Ref-DAVIS17 protocol: every object's prediction for one
+        expression set (``group``), merged into one label map, against every object's ground
+        truth. Returns ``False`` (adds nothing) when ``(group, video, frame)`` was seen.
+
+        ``preds[o]``: the binary mask predicted for object ``o`` from its expression of this
+        set; ``probs[o]``: its probability map (used to merge, see
+        :func:`merge_object_masks`); ``gts[o]``: object ``o``'s ground truth (every object
+        of the frame, whether or not this set has an expression for it). Keeps, per pair of
+        predicted object ``p`` and ground-truth object ``g``, ``J(p, g)`` and ``F(p, g)`` of
+        this frame; :meth:`compute_objects` does the DAVIS-2017 matching and averaging.
+        """
+        fkey = (str(group), str(video), str(frame))
+        if fkey in self._frames:
+            return False
+        merged = merge_object_masks(preds, probs)
+        pred_ids = sorted(merged, key=_id_order)
+        gts = {str(k): v for k, v in gts.items()}
+        gt_ids = sorted(gts, key=_id_order)
+        g_masks = [to_bool_mask(gts[k], f"gt {k}") for k in gt_ids]
+        shapes = {m.shape for m in g_masks} | {m.shape for m in merged.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"{video} frame {frame}: masks of different sizes {sorted(shapes)}")
+        d = boundary_tolerance_px(next(iter(shapes)), self.boundary_tolerance) if shapes else 1
+        j = np.zeros((len(pred_ids), len(gt_ids)), dtype=np.float64)
+        f = np.zeros_like(j)
+        for a, pid in enumerate(pred_ids):
+            pm = merged[pid]
+            for b, gm in enumerate(g_masks):
+                union = int(np.count_nonzero(pm | gm))
+                j[a, b] = int(np.count_nonzero(pm & gm)) / union if union else 1.0
+                f[a, b] = _f_from_counts(*_boundary_counts(pm, gm, d))[0]
+        # what an object predicted nowhere scores (the toolkit pads missing ids with empty masks)
+        j_empty = np.asarray([0.0 if gm.any() else 1.0 for gm in g_masks], dtype=np.float64)
+        f_empty = np.asarray(
+            [0.0 if mask_boundary(gm).any() else 1.0 for gm in g_masks], dtype=np.float64
+        )
+        self._frames[fkey] = {
+            "pred_ids": tuple(pred_ids),
+            "gt_ids": tuple(gt_ids),
+            "j": j,
+            "f": f,
+            "j_empty": j_empty,
+            "f_empty": f_empty,
+        }
         return True
 
     # -- state / merge ------------------------------------------------------------------------
@@ -337,8 +431,9 @@ class ReferringMetrics:
 
         Keys: ``version``, ``boundary_tolerance``, the int64 arrays ``intersection``, ``union``,
         ``pred_area``, ``gt_area``, ``height``, ``width``, the float64 arrays ``f``, ``score``,
-        and the lists ``key``, ``group``, ``track`` (``str | None``) and ``pred_rle``,
-        ``gt_rle`` (COCO compressed RLE counts, ``bytes``).
+        the lists ``key``, ``track`` (``str | None``), ``labels`` (tuples of ``str``) and
+        ``pred_rle``, ``gt_rle`` (COCO compressed RLE counts, ``bytes``), and ``frames``: the
+        Ref-DAVIS17 merged-object frames (see :meth:`process_objects`).
         """
         out: dict[str, Any] = {
             "version": STATE_VERSION,
@@ -348,6 +443,7 @@ class ReferringMetrics:
             out[name] = np.asarray(self._data[name], dtype=dtype)
         for name in _LIST_FIELDS:
             out[name] = list(self._data[name])
+        out["frames"] = [(k, dict(v)) for k, v in self._frames.items()]
         return out
 
     @classmethod
@@ -371,6 +467,8 @@ class ReferringMetrics:
                 raise ValueError(
                     f"metrics state version {s.get('version')!r}, expected {STATE_VERSION}"
                 )
+            for fkey, record in s.get("frames", ()):
+                merged._frames.setdefault(tuple(fkey), dict(record))
             n = len(s["intersection"])
             arrays = {name: np.asarray(s[name], dtype=dt) for name, dt in _ARRAY_FIELDS.items()}
             for name in (*_ARRAY_FIELDS, *_LIST_FIELDS):
@@ -405,17 +503,89 @@ class ReferringMetrics:
         """
         return self._compute(np.arange(len(self)), coco=coco)
 
-    def groups(self) -> list[str]:
-        """Sorted names of the groups seen (samples without a group are not in any)."""
-        return sorted({g for g in self._data["group"] if g is not None})
+    def labels(self) -> list[str]:
+        """Sorted names of the labels seen (a sample may carry none or several)."""
+        return sorted({name for names in self._data["labels"] for name in names})
 
-    def compute_by_group(self, *, coco: bool = True) -> dict[str, dict[str, float]]:
-        """:meth:`compute` restricted to each group, ``{group: metrics}`` in sorted order."""
-        groups = np.asarray([g if g is not None else "" for g in self._data["group"]], dtype=object)
-        has = np.asarray([g is not None for g in self._data["group"]], dtype=bool)
-        return {
-            g: self._compute(np.flatnonzero(has & (groups == g)), coco=coco) for g in self.groups()
-        }
+    def compute_by_label(self, *, coco: bool = True) -> dict[str, dict[str, float]]:
+        """:meth:`compute` restricted to the samples of each label, ``{label: metrics}`` in
+        sorted order (the mmengine ``compute`` per subset: the same equations on the subset)."""
+        out: dict[str, dict[str, float]] = {}
+        for name in self.labels():
+            idx = np.asarray(
+                [i for i, names in enumerate(self._data["labels"]) if name in names], dtype=np.int64
+            )
+            out[name] = self._compute(idx, coco=coco)
+        return out
+
+    def object_groups(self) -> list[str]:
+        """Sorted expression sets that have merged-object frames (:meth:`process_objects`)."""
+        return sorted({k[0] for k in self._frames})
+
+    def compute_objects(self) -> dict[str, dict[str, float]]:
+        """Ref-DAVIS17 protocol per expression set, DAVIS-2017 ``unsupervised`` scoring.
+
+        For set ``s`` and video ``v`` (frames ``t = 1..T_v`` seen), with predicted objects
+        ``p`` (padded with never-predicted objects up to the number of ground-truth objects)
+        and ground-truth objects ``g``::
+
+            Jbar(p, g) = (1/T_v) Σ_t J_t(p, g),   Fbar(p, g) = (1/T_v) Σ_t F_t(p, g)
+            π_v = argmax over one-to-one assignments Σ_g (Jbar(π(g), g) + Fbar(π(g), g)) / 2
+            J(s) = mean over all (v, g) of Jbar(π_v(g), g),   F(s) likewise,
+            J&F(s) = (J(s) + F(s)) / 2
+
+        (the toolkit's ``_evaluate_unsupervised`` with ``linear_sum_assignment``, then the
+        mean over every object of every sequence). Returns ``{set: {"J", "F", "J&F",
+        "num_objects", "num_frames"}}``.
+        """
+        from scipy.optimize import linear_sum_assignment
+
+        videos: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for (group, video, _frame), rec in sorted(self._frames.items()):
+            videos.setdefault((group, video), []).append(rec)
+        per_set: dict[str, dict[str, list[float]]] = {}
+        n_frames: dict[str, int] = {}
+        for (group, video), recs in videos.items():
+            gt_ids = recs[0]["gt_ids"]
+            if any(r["gt_ids"] != gt_ids for r in recs):
+                raise ValueError(
+                    f"{video} ({group}): frames list different ground-truth objects; every "
+                    "frame of a Ref-DAVIS17 video must carry the same objects"
+                )
+            pred_ids = sorted({p for r in recs for p in r["pred_ids"]}, key=_id_order)
+            n_pred = max(len(pred_ids), len(gt_ids))
+            jsum = np.zeros((n_pred, len(gt_ids)))
+            fsum = np.zeros_like(jsum)
+            for r in recs:
+                row = {p: i for i, p in enumerate(r["pred_ids"])}
+                for a in range(n_pred):
+                    i = row.get(pred_ids[a]) if a < len(pred_ids) else None
+                    jsum[a] += r["j"][i] if i is not None else r["j_empty"]
+                    fsum[a] += r["f"][i] if i is not None else r["f_empty"]
+            jbar, fbar = jsum / len(recs), fsum / len(recs)
+            rows, cols = linear_sum_assignment(-(jbar + fbar) / 2)
+            acc = per_set.setdefault(group, {"J": [], "F": []})
+            for a, b in zip(rows.tolist(), cols.tolist()):
+                acc["J"].append(float(jbar[a, b]))
+                acc["F"].append(float(fbar[a, b]))
+            n_frames[group] = n_frames.get(group, 0) + len(recs)
+        out: dict[str, dict[str, float]] = {}
+        for group in sorted(per_set):
+            js, fs = per_set[group]["J"], per_set[group]["F"]
+            jm = math.fsum(js) / len(js) if js else _NAN
+            fm = math.fsum(fs) / len(fs) if fs else _NAN
+            out[group] = {
+                "J": jm,
+                "F": fm,
+                "J&F": (jm + fm) / 2,
+                "num_objects": len(js),
+                "num_frames": n_frames[group],
+            }
+        return out
+
+    # the earlier names: one label per sample ("group")
+    groups = labels
+    compute_by_group = compute_by_label
 
     def _compute(self, idx: np.ndarray, *, coco: bool = True) -> dict[str, float]:
         n = int(idx.size)
@@ -491,6 +661,43 @@ class ReferringMetrics:
             ev.accumulate()
             ev.summarize()
         return float(ev.stats[0]), float(ev.stats[1])
+
+
+def _id_order(obj_id: str) -> tuple[int, int, str]:
+    """Object ids in numeric order when they are numbers (``"2" < "10"``), else by text."""
+    text = str(obj_id)
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)
+
+
+def merge_object_masks(
+    masks: Mapping[str, Any], probs: Mapping[str, Any] | None = None
+) -> dict[str, np.ndarray]:
+    """One label map from the per-object masks of a frame (Ref-DAVIS17, as in ReferFormer's
+    ``inference_davis.py``): a pixel covered by several objects' masks goes to the object
+    with the highest probability there (ties, or no ``probs``: the first object in id
+    order); uncovered pixels are background::
+
+        label(x) = argmax_{o : M_o(x)} P_o(x)   if any M_o(x), else background
+
+    Returns the disjoint masks ``{object id: label == o}``. With an absolute threshold of
+    0.5 this equals ReferFormer's rule (probabilities below 0.5 zeroed, background 0.1,
+    argmax).
+    """
+    ids = sorted((str(k) for k in masks), key=_id_order)
+    if not ids:
+        return {}
+    by_id = {str(k): v for k, v in masks.items()}
+    stack = np.stack([to_bool_mask(by_id[k], f"mask {k}") for k in ids])
+    covered = stack.any(axis=0)
+    if probs is None or len(ids) == 1:
+        winner = np.argmax(stack, axis=0)
+    else:
+        p_by_id = {str(k): v for k, v in probs.items()}
+        score = np.stack([np.asarray(p_by_id[k], dtype=np.float64) for k in ids])
+        if score.shape != stack.shape:
+            raise ValueError(f"probability maps {score.shape} and masks {stack.shape} differ")
+        winner = np.argmax(np.where(stack, score, -np.inf), axis=0)
+    return {k: covered & (winner == i) for i, k in enumerate(ids)}
 
 
 def _encode(mask: np.ndarray) -> bytes:

@@ -140,65 +140,114 @@ def test_tolerance_pixels():
 
 
 def test_boundary_of_square():
+    """DAVIS ``seg2bmap`` of a 10x10 square (rows/cols 40..49): a pixel is boundary when it
+    differs from its E, S or SE neighbour. Foreground: the right column (10) and the bottom
+    row (10, one shared) = 19; background: row 39 cols 39..49 (S or SE is foreground, 11) and
+    col 39 rows 40..49 (E is foreground, 10) = 21. Together: the perimeter of the 11x11 box
+    rows 39..49 x cols 39..49, 40 pixels."""
     b = mask_boundary(square((100, 100), 40, 40, 10))
-    assert b.sum() == 36  # 4 * 10 - 4
-    assert not b[41:49, 41:49].any()
+    box = np.zeros((100, 100), bool)
+    box[39:50, 39:50] = True
+    box[40:49, 40:49] = False
+    assert b.sum() == 40 and np.array_equal(b, box)
     assert mask_boundary(np.ones((5, 7), bool)).sum() == 0  # image border is not a boundary
+    # a square in the bottom-right corner: the last row only compares east, the last column
+    # only south, the corner nothing -> only row 5 cols 5..9 and col 5 rows 6..9 (9 pixels)
+    corner = mask_boundary(square((10, 10), 6, 6, 4))
+    expect = np.zeros((10, 10), bool)
+    expect[5, 5:10] = True
+    expect[6:10, 5] = True
+    assert np.array_equal(corner, expect)
 
 
-def test_boundary_f_shifted_square_hand_checked():
-    """10x10 square shifted right by 4 px in a 100x100 image; tolerance d = 2 px.
+def test_boundary_f_hand_made_reference():
+    """Hand-derived DAVIS F on a 10x10 frame: d = ceil(0.008 * sqrt(200)) = ceil(0.113) = 1
+    (disk = centre + 4 neighbours).
 
-    Each boundary has 36 px. Prediction boundary pixels within 2 px of the GT boundary:
-    top row cols 44..51 (8: 0 px on 44..49, then 1 and 2 px from the GT corner at col 49),
-    same on the bottom row (8), left column (col 44) rows 41,42,47,48 (4: 1-2 px from the GT
-    top/bottom rows), right column (col 53, 4 px from col 49) none -> 20/36 = 5/9.
-    By mirror symmetry recall = 5/9, so F = 5/9.
+    GT = 4x4 square rows 2..5, cols 2..5 -> boundary = perimeter of the box rows 1..5 x cols
+    1..5 (16 px, see test_boundary_of_square). Prediction = the same square 3 px to the right
+    -> perimeter of rows 1..5 x cols 4..8 (16 px). Prediction boundary pixels within 1 px of
+    the GT boundary: top row cols 4, 5 (on it) and 6 (1 px from (1, 5)) = 3, bottom row 3,
+    left column col 4 rows 2..4 (1 px from col 5) = 3, right column col 8 (3 px away) none:
+    precision = 9/16; mirror symmetry gives recall = 9/16, so F = 9/16.
     """
-    shape = (100, 100)
-    gt = square(shape, 40, 40, 10)
-    pred = square(shape, 40, 44, 10)
+    gt = square((10, 10), 2, 2, 4)
+    pred = square((10, 10), 2, 5, 4)
+    assert boundary_tolerance_px((10, 10)) == 1
     f, p, r = boundary_f_measure(pred, gt)
-    assert p == 20 / 36 and r == 20 / 36 and f == pytest.approx(5 / 9, abs=1e-15)
-    # shifted by 2 px: every boundary pixel is within the tolerance -> F = 1 while J = 80/120
-    pred2 = square(shape, 40, 42, 10)
-    assert boundary_f_measure(pred2, gt) == (1.0, 1.0, 1.0)
-    r = one(pred2, gt)
-    assert r["F"] == 1.0 and r["J"] == 80 / 120 and r["J&F"] == (1 + 80 / 120) / 2
-    # shifted by 3 px: unmatched are the right column (col 52, rows 41..48: 8), the left
-    # column (col 43) rows 43..46 (3 px from col 40 and >= 3 px from the GT rows 40/49: 4) and
-    # col 52 of the top and bottom rows (2) -> (36 - 14) / 36
-    f3, p3, r3 = boundary_f_measure(square(shape, 40, 43, 10), gt)
-    assert p3 == 22 / 36 and r3 == 22 / 36
+    assert p == 9 / 16 and r == 9 / 16 and f == pytest.approx(9 / 16, abs=1e-15)
+    # 1 px to the right: every boundary pixel is within 1 px of the other boundary -> F = 1
+    assert boundary_f_measure(square((10, 10), 2, 3, 4), gt) == (1.0, 1.0, 1.0)
+    # edge cases as in db_eval_boundary: empty prediction -> P 1, R 0, F 0; empty ground
+    # truth -> P 0, R 1, F 0; both empty (or both covering the whole frame) -> F 1
+    empty = np.zeros((10, 10), bool)
+    assert boundary_f_measure(empty, gt) == (0.0, 1.0, 0.0)
+    assert boundary_f_measure(gt, empty) == (0.0, 0.0, 1.0)
+    assert boundary_f_measure(empty, empty) == (1.0, 1.0, 1.0)
+    full = np.ones((10, 10), bool)
+    assert boundary_f_measure(full, full) == (1.0, 1.0, 1.0)
+    assert boundary_f_measure(full, gt)[0] == 0.0  # a full frame has no boundary
+    r = one(square((10, 10), 2, 3, 4), gt)
+    assert r["F"] == 1.0 and r["J"] == 12 / 20 and r["J&F"] == (1 + 12 / 20) / 2
 
 
-def _reference_f(pred: np.ndarray, gt: np.ndarray, d: int) -> float:
-    """Direct definition: dilate each boundary with a disk of radius d, count matches."""
-    yy, xx = np.mgrid[-d : d + 1, -d : d + 1]
-    disk = yy**2 + xx**2 <= d**2
-    bp, bg = mask_boundary(pred), mask_boundary(gt)
-    if bp.sum() == 0 and bg.sum() == 0:
+def _loop_boundary(m: np.ndarray) -> list[tuple[int, int]]:
+    """Boundary pixels by the definition, one pixel at a time."""
+    h, w = m.shape
+    out = []
+    for y in range(h):
+        for x in range(w):
+            for dy, dx in ((0, 1), (1, 0), (1, 1)):
+                if y + dy < h and x + dx < w and m[y, x] != m[y + dy, x + dx]:
+                    out.append((y, x))
+                    break
+    return out
+
+
+def _loop_f(pred: np.ndarray, gt: np.ndarray, d: int) -> float:
+    """Independent DAVIS F: boundary lists, then for each boundary pixel a scan of the
+    (2d+1)^2 window for a pixel of the other boundary at squared distance <= d^2."""
+    bp, bg = _loop_boundary(pred), _loop_boundary(gt)
+    if not bp and not bg:
         return 1.0
-    if bp.sum() == 0 or bg.sum() == 0:
+    if not bp or not bg:
         return 0.0
-    prec = (bp & ndimage.binary_dilation(bg, structure=disk)).sum() / bp.sum()
-    rec = (bg & ndimage.binary_dilation(bp, structure=disk)).sum() / bg.sum()
+
+    def matched(points: list[tuple[int, int]], other: set[tuple[int, int]]) -> int:
+        n = 0
+        for y, x in points:
+            if any(
+                (y + u, x + v) in other
+                for u in range(-d, d + 1)
+                for v in range(-d, d + 1)
+                if u * u + v * v <= d * d
+            ):
+                n += 1
+        return n
+
+    prec = matched(bp, set(bg)) / len(bp)
+    rec = matched(bg, set(bp)) / len(bg)
     return 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
 
 
-def test_boundary_f_matches_disk_dilation_on_random_blobs():
+def test_boundary_f_matches_independent_loops_on_random_masks():
     rng = np.random.default_rng(1)
-    for _ in range(12):
-        h, w = rng.integers(30, 90, size=2)
-        noise_p = ndimage.gaussian_filter(rng.standard_normal((h, w)), 3)
-        noise_g = ndimage.gaussian_filter(rng.standard_normal((h, w)), 3)
-        gt = noise_g > 0.05
-        pred = (0.7 * noise_g + 0.3 * noise_p) > 0.05
+    for i in range(45):
+        h, w = (int(v) for v in rng.integers(12, 60, size=2))
+        if i % 3 == 0:  # salt-and-pepper masks: many tiny boundaries, touching the border
+            gt = rng.random((h, w)) < 0.3
+            pred = rng.random((h, w)) < 0.3
+        else:  # smooth blobs
+            noise_g = ndimage.gaussian_filter(rng.standard_normal((h, w)), 2)
+            noise_p = ndimage.gaussian_filter(rng.standard_normal((h, w)), 2)
+            gt = noise_g > 0.05
+            pred = (0.7 * noise_g + 0.3 * noise_p) > 0.05
         d = boundary_tolerance_px((h, w))
-        assert boundary_f_measure(pred, gt)[0] == pytest.approx(_reference_f(pred, gt, d))
-        assert boundary_f_measure(pred, gt, tolerance=4)[0] == pytest.approx(
-            _reference_f(pred, gt, 4)
-        )
+        assert abs(boundary_f_measure(pred, gt)[0] - _loop_f(pred, gt, d)) <= 1e-6
+        assert abs(boundary_f_measure(pred, gt, tolerance=3)[0] - _loop_f(pred, gt, 3)) <= 1e-6
+        m = ReferringMetrics()
+        m.process(pred, gt)
+        assert abs(m.compute(coco=False)["F"] - _loop_f(pred, gt, d)) <= 1e-6
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,15 +480,17 @@ def test_groups_and_average():
     shape = (100, 100)
     gt = square(shape, 40, 40, 10)
     m = ReferringMetrics()
+    f44 = boundary_f_measure(square(shape, 40, 44, 10), gt)[0]
+    f42 = boundary_f_measure(square(shape, 40, 42, 10), gt)[0]
     m.process(gt, gt, group="a")  # J 1, F 1
-    m.process(square(shape, 40, 44, 10), gt, group="b")  # J 3/7, F 5/9
-    m.process(square(shape, 40, 42, 10), gt, group="b")  # J 2/3, F 1
+    m.process(square(shape, 40, 44, 10), gt, group="b")  # J 3/7
+    m.process(square(shape, 40, 42, 10), gt, group="b")  # J 2/3
     m.process(gt, gt)  # no group: only in the totals
     by = m.compute_by_group()
     assert list(by) == ["a", "b"]
     assert by["a"]["J&F"] == 1.0 and by["a"]["num_samples"] == 1
     jb = (3 / 7 + 2 / 3) / 2
-    fb = (5 / 9 + 1) / 2
+    fb = (f44 + f42) / 2
     assert by["b"]["J"] == pytest.approx(jb) and by["b"]["F"] == pytest.approx(fb)
     avg = average_over_groups(by)
     assert avg["J"] == pytest.approx((1 + jb) / 2)
