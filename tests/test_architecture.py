@@ -136,10 +136,23 @@ def test_find_cycle_detects_a_cycle():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
+#: exceptions to FORBIDDEN_TOP: the console script sits above ``tuning`` (``lstc sweep``)
+ALLOWED_TOP = {"pipelines.cli": {"tuning"}}
+
+
+def allowed_top(mod: str) -> set[str]:
+    return {
+        top
+        for prefix, tops in ALLOWED_TOP.items()
+        if mod == prefix or mod.startswith(prefix + ".")
+        for top in tops
+    }
+
+
 def test_packages_respect_design_arrows(graph):
     bad = []
     for mod, deps in graph.items():
-        forbidden = FORBIDDEN_TOP[mod.split(".")[0]]
+        forbidden = FORBIDDEN_TOP[mod.split(".")[0]] - allowed_top(mod)
         bad += [f"{mod} -> {d}" for d in sorted(deps) if d.split(".")[0] in forbidden]
     assert not bad, "forbidden imports (see the layout table of DESIGN.md):\n" + "\n".join(bad)
 

@@ -31,6 +31,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.cli.train",
         "train a recipe with Ray Train (DDP), track in MLflow, register the best model",
     ),
+    "sweep": (
+        "pipelines.cli.sweep",
+        "Optuna hyperparameter sweep of training runs on Ray (pruning, MLflow parent/children)",
+    ),
     "eval": (
         "pipelines.cli.eval",
         "evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",

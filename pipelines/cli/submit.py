@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-SUBMITTABLE = ("synth", "prep", "train", "eval", "demo")
+SUBMITTABLE = ("synth", "prep", "train", "sweep", "eval", "demo")
 
 EPILOG = """examples:
   lstc submit --address http://127.0.0.1:8265 prep --dataset a2d --root /mnt/a2d \\
