@@ -2,7 +2,7 @@
 
 A recipe file has the sections ``model`` (-> :class:`lstc.config.ModelConfig`, a ``preset`` key
 picks the base), ``loss`` (-> :class:`lstc.config.LossConfig`), ``data``, ``optim``,
-``schedule``, ``train``, ``tracking`` and ``registry``, plus an optional top-level
+``schedule``, ``train``, ``tracking``, ``registry`` and ``eval``, plus an optional top-level
 ``description`` and ``base`` (another recipe file, relative to this one, deep-merged under it).
 :class:`Recipe` is one schema over all of them; :func:`recipe_keys` walks it (one
 :class:`KeySpec` per leaf key, with type, default, bounds, choices and a ``check``).
@@ -273,6 +273,19 @@ class TrackingConfig(_Section):
     system_metrics: bool = Field(True, description="MLflow system metrics")
 
 
+class EvalConfig(_Section):
+    """How a prediction becomes a mask, wherever one is made (validation during training,
+    ``lstc eval``, ``lstc predict``, the served model): ``p = sigmoid(logit)`` resized to the
+    original frame, then ``absolute``: ``p > threshold``; ``relative``: ``p > threshold ·
+    max(p)`` per prediction (the CSTM release binarises at half of each prediction's maximum:
+    ``relative`` with 0.5). docs/METRICS.md."""
+
+    threshold: float = Field(0.5, gt=0, lt=1, description="mask threshold (see threshold_rule)")
+    threshold_rule: Literal["absolute", "relative"] = Field(
+        "absolute", description="absolute: p > threshold; relative: p > threshold * max(p)"
+    )
+
+
 MetricName = Literal[METRIC_NAMES]  # type: ignore[valid-type]
 
 
@@ -310,6 +323,7 @@ class Recipe(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     _source: str = PrivateAttr("<dict>")
 
     @model_validator(mode="before")

@@ -381,8 +381,12 @@ def test_old_checkpoint_recipe_still_loads(tmp_path):
     assert recipe.source == str(tmp_path / "recipe.yaml")
     # today's writer: the same text without the removed key, with the keys added since
     # (at their defaults)
-    assert recipe.to_yaml() == OLD_CHECKPOINT_RECIPE.replace("  fail_at_epoch: null\n", "").replace(
-        "  cpus_per_worker: 1.0\n", "  cpus_per_worker: 1.0\n  placement_strategy: PACK\n"
+    assert (
+        recipe.to_yaml()
+        == OLD_CHECKPOINT_RECIPE.replace("  fail_at_epoch: null\n", "").replace(
+            "  cpus_per_worker: 1.0\n", "  cpus_per_worker: 1.0\n  placement_strategy: PACK\n"
+        )
+        + "eval:\n  threshold: 0.5\n  threshold_rule: absolute\n"
     )
     # a value other than null for the removed key is an error, not silently dropped
     with pytest.raises(ConfigError, match="unknown key 'train.fail_at_epoch'"):
