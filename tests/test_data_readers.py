@@ -81,6 +81,35 @@ def test_jhmdb_three_frames_with_masks(tmp_path: Path):
     assert any("absent video v_absent" in r.reason for r in rejects)
 
 
+def test_jhmdb_mttr_frame_list(tmp_path: Path):
+    """``jhmdb_mttr``: the frames of MTTR's published list (1-based names -> 0-based)."""
+    import json
+
+    truth = make_jhmdb(tmp_path)
+    with pytest.raises(DatasetRootError, match="jhmdb_sentences_samples_metadata.json"):
+        get_reader("jhmdb_mttr", tmp_path)
+    walk = "./jhmdb_sentences/Rename_Images/walk/v_walk_1/{:05d}.png"
+    entries = [
+        ["v_walk_1", walk.format(f), "puppet_mask.mat", 7, "man walking to the left"]
+        for f in (5, 2, 3)
+    ]
+    listing = tmp_path / "jhmdb_sentences_samples_metadata.json"
+    listing.write_text(json.dumps(entries))
+    samples, rejects = get_reader("jhmdb_mttr", tmp_path).read()
+    assert sorted({s.target_frame for s in samples}) == [1, 2, 4]
+    assert len(samples) == 6 and {s.dataset for s in samples} == {"jhmdb_mttr"}  # 2 sentences
+    for s in samples:
+        assert np.array_equal(load_mask(s.mask), truth["part_mask"][:, :, s.target_frame])
+    assert len(rejects) == truth["rejects"]
+    # a listed frame without a mask (frame 7 of 5 masked) rejects the video with the reason
+    listing.write_text(json.dumps([*entries, ["v_walk_1", walk.format(7), "m", 7, "x"]]))
+    samples, rejects = get_reader("jhmdb_mttr", tmp_path).read()
+    assert not samples and any("frame(s) [7] of video v_walk_1" in r.reason for r in rejects)
+    listing.write_text("{not json")
+    with pytest.raises(DatasetRootError, match="not MTTR's frame list"):
+        get_reader("jhmdb_mttr", tmp_path)
+
+
 def test_ytvos_valid_minus_test(tmp_path: Path):
     truth = make_ytvos(tmp_path)
     samples, rejects = get_reader("ytvos", tmp_path).read()
@@ -104,6 +133,26 @@ def test_davis_four_sets_latin1(tmp_path: Path):
     assert sets == {"annot1", "annot1_full_video", "annot2", "annot2_full_video"}
     ids = Counter((s.video_id, s.object_id, s.expression_id, s.target_frame) for s in samples)
     assert max(ids.values()) == 1
+
+
+def test_davis_misspelt_video_names_are_corrected(tmp_path: Path):
+    """The expression files spell motorbike as 'motor-bike' (and clasic-car, dog-scale):
+    those lines are read under the DAVIS name instead of being rejected."""
+    import shutil
+
+    make_davis(tmp_path)
+    data = tmp_path / "DAVIS"
+    for sub in ("JPEGImages/480p", "Annotations_unsupervised/480p"):
+        shutil.copytree(data / sub / "cat", data / sub / "motorbike")
+    with open(data / "ImageSets/2017/val.txt", "a") as f:
+        f.write("motorbike\n")
+    with open(tmp_path / "davis_text_annotations/Davis17_annot1.txt", "a") as f:
+        f.write('motor-bike 1 "a red motorbike"\n')
+    samples, rejects = get_reader("davis", tmp_path).read()
+    bike = [s for s in samples if s.video_id == "motorbike"]
+    assert {s.expression for s in bike} == {"a red motorbike"} and len(bike) == 2  # 2 frames
+    assert {s.split for s in bike} == {"valid"}
+    assert not any("motor" in r.reason for r in rejects)
 
 
 def test_custom_csv(tmp_path: Path):

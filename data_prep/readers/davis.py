@@ -11,6 +11,11 @@ There are 4 expression sets per object (two annotators x first-frame / full-vide
 set name is part of ``expression_id`` and ``meta["expression_set"]`` because scores are
 computed per set and then averaged. ``annot2`` files are latin-1; ``annot1`` files UTF-8.
 Every frame of a video is a target frame (J&F is computed over all frames).
+
+Three video names are misspelt in the expression files (``clasic-car``, ``dog-scale``,
+``motor-bike`` for DAVIS's ``classic-car``, ``dogs-scale``, ``motorbike``); they are read under
+the DAVIS name (:data:`NAME_FIXES`, the same corrections as ReferFormer's
+``tools/data/convert_davis_to_ytvos.py``) unless a video of the misspelt name exists.
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ EXPRESSION_SETS: dict[str, str] = {
     "annot2_full_video": "latin-1",
 }
 SPLITS = {"train": "train", "val": "valid"}
+#: misspelt video names of the expression files -> the DAVIS-2017 video names
+NAME_FIXES: dict[str, str] = {
+    "clasic-car": "classic-car",
+    "dog-scale": "dogs-scale",
+    "motor-bike": "motorbike",
+}
 _LINE = re.compile(r"^(\S+)\s+(\d+)\s+(.*)$")
 
 
@@ -112,7 +123,10 @@ class DAVISReader(Reader):
                         f"{path}:{ln}", f"line {ln} of {path} has an empty expression; write it"
                     )
                     continue
-                key = (m.group(1), str(int(m.group(2))))
+                name = m.group(1)
+                if name in NAME_FIXES and name not in split_of:
+                    name = NAME_FIXES[name]
+                key = (name, str(int(m.group(2))))
                 k = counter.get(key, 0)
                 counter[key] = k + 1
                 exprs.setdefault(key, []).append((set_name, k, expr))

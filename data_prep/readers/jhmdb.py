@@ -7,12 +7,19 @@ Layout::
     jhmdb_annotation.txt                              header video_id,query
 
 Some videos have fewer masks than frames (trailing frames without masks): only frames with
-both an image and a mask are eligible. From those, 3 target frames are sampled per video:
-first, middle and last (``round(linspace(0, n - 1, 3))``).
+both an image and a mask are eligible. From those, 3 target frames per video:
+
+* ``--dataset jhmdb``: first, middle and last (``round(linspace(0, n - 1, 3))``);
+* ``--dataset jhmdb_mttr``: the common protocol of published work (MTTR, ReferFormer, ...): the
+  3 frames per video that MTTR drew at random once and published as
+  ``datasets/jhmdb_sentences/jhmdb_sentences_samples_metadata.json`` (github.com/mttr2021/MTTR);
+  copy that file into the J-HMDB root. Its entries are ``[video_id, frame_path, mask_path,
+  n_frames, query]``; the frame is the 1-based number in ``frame_path``'s name.
 """
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +35,12 @@ from data_prep.readers.base import (
     expression_problem,
     register_reader,
 )
-from data_prep.samples import MaskRef, Sample, VideoRef
+from data_prep.samples import DatasetRootError, MaskRef, Sample, VideoRef
 
 FRAMES_PER_VIDEO = 3
 OBJECT_ID = "1"
+#: MTTR's published frame list (``jhmdb_mttr``), expected in the J-HMDB root
+MTTR_FRAME_LIST = "jhmdb_sentences_samples_metadata.json"
 
 
 def sampled_frames(n: int, k: int = FRAMES_PER_VIDEO) -> list[int]:
@@ -47,6 +56,10 @@ class JHMDBReader(Reader):
         ("puppet_mask", "masks: <action>/<video>/puppet_mask.mat"),
         ("jhmdb_annotation.txt", "sentences: video_id,query"),
     )
+
+    def target_frames(self, video_id: str, n: int) -> list[int] | str:
+        """0-based target frames of a video with ``n`` usable frames (or why there are none)."""
+        return sampled_frames(n)
 
     def records(self) -> Iterator[Record]:
         ann = self.root / "jhmdb_annotation.txt"
@@ -99,9 +112,14 @@ class JHMDBReader(Reader):
                         f"video {vid} has no frame with both an image in {frame_dir} and a mask in {mat}",
                     )
                 continue
+            targets = self.target_frames(vid, n)
+            if isinstance(targets, str):
+                for it in items:
+                    yield self.reject(it, targets)
+                continue
             video = VideoRef("frames", str(frame_dir), tuple(str(p) for p in frames))
             for k, (_, expr) in enumerate(rows[vid]):
-                for t in sampled_frames(n):
+                for t in targets:
                     yield Sample(
                         dataset=self.dataset,
                         split="test",
@@ -114,3 +132,39 @@ class JHMDBReader(Reader):
                         mask=MaskRef("jhmdb_mat", str(mat), object_id=OBJECT_ID, frame=t),
                         meta={"action": action, "frame_name": Path(frames[t]).stem},
                     )
+
+
+@register_reader("jhmdb_mttr")
+class JHMDBMTTRReader(JHMDBReader):
+    """J-HMDB Sentences with MTTR's published 3 frames per video (the common protocol)."""
+
+    title = "J-HMDB Sentences (MTTR frame list)"
+    expected = (*JHMDBReader.expected, (MTTR_FRAME_LIST, "MTTR's frame list (copy it here)"))
+
+    def __init__(self, root: str | Path, dataset: str) -> None:
+        super().__init__(root, dataset)
+        path = self.root / MTTR_FRAME_LIST
+        try:
+            entries = json.loads(path.read_text(encoding="utf-8"))
+            frames: dict[str, set[int]] = defaultdict(set)
+            for e in entries:
+                frames[str(e[0])].add(int(Path(str(e[1])).stem) - 1)
+        except (OSError, ValueError, TypeError, IndexError, KeyError) as exc:
+            raise DatasetRootError(
+                f"{path} is not MTTR's frame list ({type(exc).__name__}: {exc}); copy "
+                "datasets/jhmdb_sentences/jhmdb_sentences_samples_metadata.json of "
+                "github.com/mttr2021/MTTR there unchanged"
+            ) from None
+        self.frame_list = {vid: sorted(ts) for vid, ts in frames.items()}
+
+    def target_frames(self, video_id: str, n: int) -> list[int] | str:
+        listed = self.frame_list.get(video_id)
+        if not listed:
+            return f"video {video_id} is not in {MTTR_FRAME_LIST}; use that file unchanged"
+        beyond = [t + 1 for t in listed if not 0 <= t < n]
+        if beyond:
+            return (
+                f"{MTTR_FRAME_LIST} lists frame(s) {beyond} of video {video_id}, which has "
+                f"{n} frames with both an image and a mask; restore its frames and puppet_mask.mat"
+            )
+        return listed

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--dataset",
         required=True,
-        help="a2d | jhmdb | ytvos | davis | custom | refer_shapes",
+        help="a2d | jhmdb | jhmdb_mttr (MTTR's 3-frame list) | ytvos | davis | custom | refer_shapes",
     )
     p.add_argument(
         "--root",
