@@ -99,3 +99,96 @@ def tiny_shards(ray_local, tmp_path_factory) -> Path:
         )
     )
     return base / "shards"
+
+
+# --- mlops: one real `mlflow server` on loopback for the session -------------------------
+MLFLOW_SERVER_START_TIMEOUT_S = 240  # ~30 s idle, over a minute on a loaded 2-core box
+
+
+@pytest.fixture(scope="session")
+def mlflow_server_process(tmp_path_factory):
+    """A real ``mlflow server`` being started on 127.0.0.1:<free port> (venv's mlflow, SQLite
+    backend, proxied artifacts under the session tmp; MLflow's job runner off, which this
+    project does not use); yields ``(uri, process, log path)`` WITHOUT waiting for it, so a
+    module can start it early and do other work while it boots (use ``mlflow_server`` to get a
+    ready one). Stopped with its process group at the end of the session."""
+    import contextlib
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("mlflow-server-session")
+    exe = Path(sys.executable).with_name("mlflow")
+    port = free_port()
+    env = {
+        **os.environ,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{root / 'server.db'}",
+                "--artifacts-destination",
+                str(root / "artifacts"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+            start_new_session=True,  # own process group: teardown stops the server and workers
+        )
+    try:
+        yield f"http://127.0.0.1:{port}", proc, log_path
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_process) -> str:
+    """URI of the session's ``mlflow server`` once its ``/health`` answers (bounded wait).
+    Tests share it: use your own experiment names."""
+    import time
+    import urllib.request
+
+    uri, proc, log_path = mlflow_server_process
+    deadline = time.monotonic() + MLFLOW_SERVER_START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mlflow server exited with {proc.returncode}:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return uri
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"mlflow server did not answer {uri}/health within "
+                f"{MLFLOW_SERVER_START_TIMEOUT_S} s:\n"
+                + log_path.read_text(errors="replace")[-3000:]
+            )
+        time.sleep(0.5)  # poll interval of a bounded readiness wait
