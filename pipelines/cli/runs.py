@@ -17,7 +17,7 @@ import argparse
 import sys
 
 EPILOG = """examples:
-  lstc runs list --experiment lstc-refer-shapes-tiny
+  lstc runs list --experiment lstc-refer-shapes
   lstc runs list --parent 3f2a9c0d5e6b4a7f8e9d0c1b2a3f4e5d --sort val/mean_iou --out outputs/sweep
   lstc runs compare --runs 3f2a9c0d5e6b4a7f8e9d0c1b2a3f4e5d 9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b \\
       --metrics val/mean_iou val/overall_iou --params optim.lr model.cmam
