@@ -7,7 +7,7 @@ logged on, the epoch for val/* metrics), plus curves.json with the plotted data;
 (or --log with --parent) uploads them to that MLflow run as artifacts.
 
 Runs: exactly one of --experiment NAME, --parent RUN_ID (its child runs, e.g. a sweep's
-trials), --runs ID [ID ...]. Default params: those whose values differ among the runs; default
+trials), --runs ID [ID ...]. Default params: those with several values among the runs that log them; default
 metrics: every val/* metric. Works against a SQLite store and a tracking server alike.
 """
 
@@ -45,7 +45,7 @@ def _common(q: argparse.ArgumentParser) -> None:
         "--params",
         nargs="+",
         metavar="KEY",
-        help="param columns, e.g. optim.lr model.cmam (default: params that differ among the runs)",
+        help="param columns, e.g. optim.lr model.cmam (default: params that differ among the runs that log them)",
     )
     q.add_argument(
         "--metrics",

@@ -13,8 +13,8 @@ against any tracking URI (SQLite store or ``mlflow server``), through public
 
 The table (:func:`runs_table`) has one row per run: ``run_id``, ``run_name``, ``status``,
 ``start`` (UTC), ``duration_s`` (end - start; empty while a run has not ended), then
-``params.<key>`` columns (default: the params whose values differ among the runs, a param
-missing from some runs counting as different) and ``metrics.<key>`` columns with each run's
+``params.<key>`` columns (default: the params with more than one value among the runs that
+log them, so a run without params, e.g. an eval run, adds no columns) and ``metrics.<key>`` columns with each run's
 final value (MLflow's latest value: the highest step; default: every ``val/*`` metric any run
 has). Rows are sorted by one column (default: the first metric, best first = descending).
 
@@ -239,10 +239,10 @@ def _available(runs: Sequence[Run], what: str) -> list[str]:
 
 
 def default_params(runs: Sequence[Run]) -> list[str]:
-    """Params whose value differs among the runs (absent in some runs counts as different)."""
+    """Params with more than one value among the runs that log them."""
     out = []
     for key in _available(runs, "params"):
-        values = {r.data.params.get(key) for r in runs}
+        values = {r.data.params[key] for r in runs if key in r.data.params}
         if len(values) > 1:
             out.append(key)
     return out
@@ -393,7 +393,8 @@ def curve_figure(report: RunsReport, metric: str) -> Figure:
         ax.plot(steps, values, marker="o", markersize=3, label=f"{name} ({rid[:8]})")
     ax.set_xlabel(report.axes.get(metric, "step"))
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} ({len(report.curves[metric])} runs)")
+    n = len(report.curves[metric])
+    ax.set_title(f"{metric} ({n} run{'' if n == 1 else 's'})")
     ax.grid(True, alpha=0.3)
     if axis_label(metric) in (_AXIS_LABELS[EPOCH_AXIS], _AXIS_LABELS[STEP_AXIS]):
         from matplotlib.ticker import MaxNLocator
