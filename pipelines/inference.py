@@ -5,14 +5,21 @@ One code path, so that ``lstc eval`` reproduces the validation metrics logged du
 * :func:`predict` / :func:`predict_masks`: forward the model on a collated batch
   (``pipelines.data.collate``: ``clip`` float ``[B,3,T,H,W]``, ``text``, ``orig_size``), resize
   the target-frame **logits** bilinearly (``align_corners=False``) to each sample's original
-  frame size, then threshold ``sigmoid(logit) > threshold``. The confidence ``score`` of a
+  frame size, then binarise ``p = sigmoid(logit)`` with the recipe's rule (``eval.threshold``,
+  ``eval.threshold_rule``): ``p > t`` (``absolute``) or ``p > t · max(p)`` (``relative``, the
+  CSTM release with ``t = 0.5``), see :func:`binarize`. The confidence ``score`` of a
   prediction (ranking for COCO AP) is the mean probability over its foreground pixels, or the
   maximum probability when the mask is empty.
 * :func:`evaluate`: runs :func:`predict` over batches and feeds ``lstc.metrics.ReferringMetrics``
   with ``key = clip_id/object_id/expression_id`` (so merging states of several workers drops
-  padded duplicates), ``group`` = the sample's ``expression_set`` meta (Ref-DAVIS17's four
-  sets) and ``track = video/object/expression`` (DAVIS averages J and F per track first).
-  Samples without ground truth are skipped (they belong to :mod:`pipelines.eval.submission`).
+  padded duplicates), ``labels`` = :func:`sample_labels` of the sample's meta (refer-shapes
+  expression kind, A2D actor and action, J-HMDB action, Ref-DAVIS17 expression set; every
+  metric is also reported per label) and ``track = video/object/expression`` (DAVIS averages J
+  and F per track first). Samples carrying an ``expression_set`` (Ref-DAVIS17) are also scored
+  with the published protocol: per clip (one video frame) and set, the objects' masks are
+  merged into one label map (:func:`lstc.metrics.merge_object_masks`) and fed to
+  ``ReferringMetrics.process_objects``. Samples without ground truth are skipped (they belong
+  to :mod:`pipelines.eval.submission`).
 
 A DDP-wrapped model is unwrapped first: evaluation never runs collectives, so ranks with
 different numbers of batches cannot hang.
@@ -21,7 +28,7 @@ different numbers of batches cannot hang.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +48,22 @@ class Prediction:
 
     mask: np.ndarray  # bool [H0, W0]
     score: float  # mean foreground probability (max probability when empty)
+    prob: np.ndarray | None = None  # float32 [H0, W0] sigmoid probabilities, when asked for
+
+
+#: how a probability map becomes a mask (recipe key ``eval.threshold_rule``)
+THRESHOLD_RULES = ("absolute", "relative")
+
+
+def binarize(prob: Any, threshold: float = 0.5, rule: str = "absolute") -> Any:
+    """``prob > threshold`` (``absolute``) or ``prob > threshold · max(prob)`` (``relative``:
+    relative to the maximum of this one prediction, as the CSTM release does with 0.5).
+    Works on torch tensors and numpy arrays of any shape (one prediction)."""
+    if rule == "absolute":
+        return prob > threshold
+    if rule == "relative":
+        return prob > threshold * prob.max()
+    raise ValueError(f"threshold rule {rule!r} is not one of {THRESHOLD_RULES}")
 
 
 def model_device(model: Any) -> torch.device:
@@ -100,8 +123,16 @@ def forward_logits(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     return logits.float()
 
 
-def predict(model: Any, batch: Mapping[str, Any], *, threshold: float = 0.5) -> list[Prediction]:
-    """Masks (bool, original size) and scores for every sample of a collated batch."""
+def predict(
+    model: Any,
+    batch: Mapping[str, Any],
+    *,
+    threshold: float = 0.5,
+    rule: str = "absolute",
+    keep_prob: bool = False,
+) -> list[Prediction]:
+    """Masks (bool, original size) and scores for every sample of a collated batch
+    (``rule``: see :func:`binarize`; ``keep_prob``: also return the probability maps)."""
     import torch
     import torch.nn.functional as F
 
@@ -112,17 +143,18 @@ def predict(model: Any, batch: Mapping[str, Any], *, threshold: float = 0.5) -> 
         for i, (h, w) in enumerate(sizes):
             up = F.interpolate(logits[i : i + 1], size=(h, w), mode="bilinear", align_corners=False)
             prob = torch.sigmoid(up[0, 0])
-            mask = prob > threshold
+            mask = binarize(prob, threshold, rule)
             score = prob[mask].mean() if bool(mask.any()) else prob.max()
-            preds.append(Prediction(mask.cpu().numpy(), float(score)))
+            kept = prob.cpu().numpy() if keep_prob else None
+            preds.append(Prediction(mask.cpu().numpy(), float(score), kept))
     return preds
 
 
 def predict_masks(
-    model: Any, batch: Mapping[str, Any], *, threshold: float = 0.5
+    model: Any, batch: Mapping[str, Any], *, threshold: float = 0.5, rule: str = "absolute"
 ) -> list[np.ndarray]:
-    """``sigmoid(resize(logits, original size)) > threshold`` for every sample (bool arrays)."""
-    return [p.mask for p in predict(model, batch, threshold=threshold)]
+    """``binarize(sigmoid(resize(logits, original size)))`` for every sample (bool arrays)."""
+    return [p.mask for p in predict(model, batch, threshold=threshold, rule=rule)]
 
 
 def _column(batch: Mapping[str, Any], name: str, n: int) -> list[Any]:
@@ -135,26 +167,116 @@ def _column(batch: Mapping[str, Any], name: str, n: int) -> list[Any]:
     return values
 
 
-def sample_ids(batch: Mapping[str, Any], n: int) -> list[tuple[str | None, str | None, str | None]]:
-    """``(key, group, track)`` for every sample of a batch (see module docstring)."""
+#: A2D Sentences' video label = 10 · actor + action (videoset.csv); refer-shapes uses names
+A2D_ACTORS = {1: "adult", 2: "baby", 3: "ball", 4: "bird", 5: "car", 6: "cat", 7: "dog"}
+A2D_ACTIONS = {
+    1: "climbing",
+    2: "crawling",
+    3: "eating",
+    4: "flying",
+    5: "jumping",
+    6: "rolling",
+    7: "running",
+    8: "walking",
+    9: "no_action",
+}
+
+
+def sample_labels(meta: Mapping[str, Any]) -> tuple[str, ...]:
+    """The labels a sample is also scored under (every metric per label):
+
+    * ``meta["label"]``: the refer-shapes expression kind (``motion``, ``appearance``,
+      ``fast``) as is; an A2D actor-action code ``10·a + b`` as the actor and the action names
+      (``11`` -> ``adult``, ``climbing``);
+    * ``meta["action"]``: the J-HMDB action (``walk``, ...);
+    * ``meta["expression_set"]``: the Ref-DAVIS17 set (``annot1``, ...; a bare number ``n`` ->
+      ``set<n>``).
+    """
+    out: list[str] = []
+    label = meta.get("label")
+    if label not in (None, ""):
+        text = str(label).strip()
+        code = int(text) if text.isdigit() else None
+        if code is not None and code // 10 in A2D_ACTORS and code % 10 in A2D_ACTIONS:
+            out += [A2D_ACTORS[code // 10], A2D_ACTIONS[code % 10]]
+        else:
+            out.append(text)
+    if meta.get("action") not in (None, ""):
+        out.append(str(meta["action"]))
+    exp_set = expression_set(meta)
+    if exp_set is not None:
+        out.append(exp_set)
+    return tuple(dict.fromkeys(out))
+
+
+def expression_set(meta: Mapping[str, Any]) -> str | None:
+    """The Ref-DAVIS17 expression set of a sample's meta (``None`` elsewhere)."""
+    value = meta.get("expression_set")
+    if value in (None, ""):
+        return None
+    return f"set{value}" if str(value).isdigit() else str(value)
+
+
+@dataclass(frozen=True)
+class SampleIds:
+    """How one sample is filed in the metrics (see the module docstring)."""
+
+    key: str | None
+    labels: tuple[str, ...]
+    track: str | None
+    expression_set: str | None
+    clip_id: str | None
+    video_id: str | None
+    object_id: str | None
+
+
+def sample_ids(batch: Mapping[str, Any], n: int) -> list[SampleIds]:
+    """:class:`SampleIds` of every sample of a batch (see module docstring)."""
     keys = _column(batch, "key", n)
     metas = [parse_meta(m) for m in _column(batch, "meta", n)]
     videos = _column(batch, "video_id", n)
     objects = _column(batch, "object_id", n)
     expressions = _column(batch, "expression_id", n)
+    clips = _column(batch, "clip_id", n)
     out = []
-    for key, meta, vid, obj, exp in zip(keys, metas, videos, objects, expressions):
+    for key, meta, vid, obj, exp, clip in zip(keys, metas, videos, objects, expressions, clips):
         if isinstance(key, (list, tuple)):
             key = "/".join(str(k) for k in key)
-        group = meta.get("expression_set")
-        group = (
-            None if group in (None, "") else f"set{group}" if str(group).isdigit() else str(group)
-        )
         track = None
         if vid is not None and obj is not None:
             track = f"{vid}/{obj}/{exp}" if exp is not None else f"{vid}/{obj}"
-        out.append((None if key is None else str(key), group, track))
+        out.append(
+            SampleIds(
+                key=None if key is None else str(key),
+                labels=sample_labels(meta),
+                track=track,
+                expression_set=expression_set(meta),
+                clip_id=None if clip is None else str(clip),
+                video_id=None if vid is None else str(vid),
+                object_id=None if obj is None else str(obj),
+            )
+        )
     return out
+
+
+def _score_objects(m: ReferringMetrics, entries: list[dict[str, Any]]) -> None:
+    """The Ref-DAVIS17 protocol for one clip (one video frame): per expression set, the
+    objects' predictions (their first expression of that set) merged and scored against every
+    object's ground truth of the frame."""
+    gts: dict[str, np.ndarray] = {}
+    sets: dict[str, dict[str, dict[str, Any]]] = {}
+    for e in entries:
+        gts.setdefault(e["object"], e["gt"])
+        sets.setdefault(e["set"], {}).setdefault(e["object"], e)
+    for name, objs in sets.items():
+        m.process_objects(
+            group=name,
+            video=entries[0]["video"],
+            frame=entries[0]["clip"],
+            preds={o: e["mask"] for o, e in objs.items()},
+            probs={o: e["prob"] for o, e in objs.items()},
+            gts=gts,
+        )
 
 
 def evaluate(
@@ -163,6 +285,7 @@ def evaluate(
     *,
     device: Any = None,
     threshold: float = 0.5,
+    rule: str = "absolute",
     metrics: ReferringMetrics | None = None,
     use_tracks: bool = True,
     on_batch: Callable[[Mapping[str, Any], list[Prediction]], None] | None = None,
@@ -171,8 +294,10 @@ def evaluate(
 
     ``device``: where to run (the model is moved there; ``None`` keeps its device). The model's
     train/eval mode is restored afterwards. Pass ``metrics`` to keep accumulating into it.
-    ``on_batch(batch, predictions)`` is called for every batch (e.g. to write a submission or
-    overlays from the very predictions that were scored).
+    ``threshold`` / ``rule``: see :func:`binarize`. ``on_batch(batch, predictions)`` is
+    called for every batch (e.g. to write a submission or overlays from the very predictions
+    that were scored). The samples of a clip must arrive together (shard rows are never split:
+    :func:`pipelines.data.eval_batches` keeps their order) for the Ref-DAVIS17 merge.
     """
     import torch
 
@@ -184,41 +309,70 @@ def evaluate(
     m = metrics if metrics is not None else ReferringMetrics()
     was_training = core.training
     core.eval()
+    pending: list[dict[str, Any]] = []  # Ref-DAVIS17 samples of the current clip
     try:
         for batch in batches:
-            preds = predict(core, batch, threshold=threshold)
+            ids = sample_ids(batch, len(batch["text"]))
+            need_prob = any(i.expression_set is not None for i in ids)
+            preds = predict(core, batch, threshold=threshold, rule=rule, keep_prob=need_prob)
             if on_batch is not None:
                 on_batch(batch, preds)
             gts = _column(batch, "gt_mask_orig", len(preds))
-            for pred, gt, (key, group, track) in zip(preds, gts, sample_ids(batch, len(preds))):
+            for pred, gt, i in zip(preds, gts, ids):
                 if gt is None:
                     continue
+                gt = np.asarray(gt)
                 m.process(
                     pred.mask,
-                    np.asarray(gt),
+                    gt,
                     score=pred.score,
-                    group=group,
-                    key=key,
-                    track=track if use_tracks else None,
+                    labels=i.labels,
+                    key=i.key,
+                    track=i.track if use_tracks else None,
                 )
+                if i.expression_set is None:
+                    continue
+                if pending and pending[0]["clip"] != i.clip_id:
+                    _score_objects(m, pending)
+                    pending = []
+                pending.append(
+                    {
+                        "clip": i.clip_id,
+                        "video": i.video_id,
+                        "object": i.object_id,
+                        "set": i.expression_set,
+                        "mask": pred.mask,
+                        "prob": pred.prob,
+                        "gt": gt,
+                    }
+                )
+        if pending:
+            _score_objects(m, pending)
     finally:
         core.train(was_training)
     return m
 
 
-def summarize(m: ReferringMetrics, *, average_groups: bool = True) -> dict[str, float]:
-    """``m.compute()`` plus, when samples carry groups, per-group metrics as ``<group>/<name>``
-    and their unweighted averages as ``groups_avg/J``, ``groups_avg/F``, ``groups_avg/J&F``
-    (the Ref-DAVIS17 protocol: score each expression set, then average over sets)."""
+#: key prefix of the Ref-DAVIS17 protocol's results in :func:`summarize`
+DAVIS_PREFIX = "davis17"
+
+
+def summarize(m: ReferringMetrics) -> dict[str, float]:
+    """``m.compute()``, every metric per label as ``<label>/<name>`` (:func:`sample_labels`)
+    and, when Ref-DAVIS17 frames were scored, the published protocol per expression set as
+    ``davis17/<set>/J|F|J&F|num_objects|num_frames`` and averaged over the sets as
+    ``davis17/J``, ``davis17/F``, ``davis17/J&F`` (the headline Ref-DAVIS17 numbers)."""
     from lstc.metrics import average_over_groups
 
     out = dict(m.compute())
-    if average_groups and m.groups():
-        by_group = m.compute_by_group()
-        for g, vals in by_group.items():
+    for label, vals in m.compute_by_label().items():
+        for k, v in vals.items():
+            out[f"{label}/{k}"] = v
+    by_set = m.compute_objects()
+    if by_set:
+        for name, vals in by_set.items():
             for k, v in vals.items():
-                out[f"{g}/{k}"] = v
-        avg_keys: Sequence[str] = [k for k in next(iter(by_group.values())) if k != "num_samples"]
-        for k, v in average_over_groups(by_group, keys=avg_keys).items():
-            out[f"groups_avg/{k}"] = v
+                out[f"{DAVIS_PREFIX}/{name}/{k}"] = v
+        for k, v in average_over_groups(by_set).items():
+            out[f"{DAVIS_PREFIX}/{k}"] = v
     return out

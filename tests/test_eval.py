@@ -65,7 +65,7 @@ def _hand_metrics(model, recipe, shards, threshold, split="test"):
 
     kw = collate_kwargs(recipe)
     kw.pop("augment")
-    inter, union, keys, tracks = [], [], [], []
+    inter, union, keys, tracks, labels = [], [], [], [], []
     for row in iter_clip_rows(shards, split):
         samples = list(iter_samples(row))
         batch = collate(samples, train=False, **kw)
@@ -76,6 +76,7 @@ def _hand_metrics(model, recipe, shards, threshold, split="test"):
             union.append(int((pred | gt).sum()))
             keys.append(f"{s['clip_id']}/{s['object_id']}/{s['expression_id']}")
             tracks.append(f"{s['video_id']}/{s['object_id']}/{s['expression_id']}")
+            labels.append(json.loads(s["meta"])["label"])  # refer-shapes expression kind
     inter, union = np.array(inter), np.array(union)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
     hand = {
@@ -83,6 +84,12 @@ def _hand_metrics(model, recipe, shards, threshold, split="test"):
         "mean_iou": iou.mean(),
         "num_samples": len(keys),
     }
+    for name in set(labels):  # every metric per label: here the IoU family on its samples
+        sel = np.array([x == name for x in labels])
+        hand[f"{name}/overall_iou"] = inter[sel].sum() / union[sel].sum()
+        hand[f"{name}/mean_iou"] = iou[sel].mean()
+        hand[f"{name}/P@0.5"] = float(np.mean(100 * inter[sel] >= 50 * union[sel]))
+        hand[f"{name}/num_samples"] = int(sel.sum())
     for k in (0.5, 0.6, 0.7, 0.8, 0.9):
         hand[f"P@{k}"] = float(np.mean(100 * inter >= round(100 * k) * union))
     hand["mAP@0.5:0.95"] = float(
@@ -97,7 +104,9 @@ def _hand_metrics(model, recipe, shards, threshold, split="test"):
     return hand, iou
 
 
-def test_eval_checkpoint_matches_hand_computed_metrics(trained_checkpoint, tiny_shards, tmp_path):
+def test_eval_checkpoint_matches_hand_computed_metrics(
+    trained_checkpoint, tiny_shards, tmp_path, capsys
+):
     from mlflow import MlflowClient
 
     ckpt, recipe, model, root, th = trained_checkpoint
@@ -109,8 +118,12 @@ def test_eval_checkpoint_matches_hand_computed_metrics(trained_checkpoint, tiny_
         + ["--threshold", repr(th)]
     )
     assert rc == 0
+    printed = capsys.readouterr().out
     got = json.loads(out.read_text())
     hand, iou = _hand_metrics(model, recipe, tiny_shards, th)
+    kinds = sorted(k.split("/")[0] for k in hand if k.endswith("/num_samples"))
+    assert len(kinds) >= 2  # the tiny test split has several expression kinds
+    assert all(k in printed.splitlines()[1] for k in kinds)  # one printed column per label
     assert 0 < hand["mean_iou"] < 1 and len(set(np.round(iou, 6))) > 3  # non-trivial predictions
     assert got["num_samples"] == hand["num_samples"] > 6
     for k, v in hand.items():
@@ -126,6 +139,11 @@ def test_eval_checkpoint_matches_hand_computed_metrics(trained_checkpoint, tiny_
     assert run.data.tags["eval.split"] == "test"
     assert run.data.metrics[metric_key("eval/mean_iou")] == pytest.approx(hand["mean_iou"])
     assert run.data.metrics[metric_key("eval/P@0.5")] == pytest.approx(hand["P@0.5"])
+    for kind in kinds:  # eval/<label>/<metric>
+        key = metric_key(f"eval/{kind}/mean_iou")
+        assert run.data.metrics[key] == pytest.approx(hand[f"{kind}/mean_iou"], abs=1e-12)
+    assert float(run.data.params["eval.threshold"]) == th
+    assert run.data.params["eval.threshold_rule"] == "absolute"  # the recipe's default
 
 
 def test_eval_registered_model_tags_version_and_writes_submission(
@@ -167,27 +185,104 @@ def test_eval_registered_model_tags_version_and_writes_submission(
     assert not list(sub.parent.glob("lstc-submission-*"))  # staging folder removed
 
 
-def test_groups_are_scored_per_set_and_averaged(trained_checkpoint, tiny_shards):
-    """Ref-DAVIS17 protocol: J&F per expression set, then the unweighted mean over sets."""
+def _davis_by_hand(model, recipe, rows, th):
+    """The Ref-DAVIS17 protocol recomputed independently on clip rows whose samples were
+    given expression sets: per clip and set, objects merged by pixel-wise loops over the
+    probability maps, J by counting, F by boundary_f_measure, the assignment by trying every
+    permutation, means by plain Python sums."""
+    import itertools
+
+    from data_prep.shards import iter_samples
+    from lstc.metrics import boundary_f_measure
+    from pipelines.data import collate, collate_kwargs
+    from pipelines.inference import predict
+
+    kw = collate_kwargs(recipe)
+    kw.pop("augment")
+    per_video: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        samples = list(iter_samples(row))
+        preds = predict(model, collate(samples, train=False, **kw), threshold=th, keep_prob=True)
+        gts = {s["object_id"]: s["mask"] > 0 for s in samples}
+        by_set: dict[str, dict[str, object]] = {}
+        for s, p in zip(samples, preds):
+            by_set.setdefault(json.loads(s["meta"])["expression_set"], {}).setdefault(
+                s["object_id"], p
+            )
+        for name, objs in by_set.items():
+            ids = sorted(objs, key=int)
+            h, w = next(iter(gts.values())).shape
+            merged = {o: np.zeros((h, w), bool) for o in ids}
+            for y in range(h):
+                for x in range(w):
+                    best = None
+                    for o in ids:
+                        p = objs[o]
+                        if p.mask[y, x] and (best is None or p.prob[y, x] > objs[best].prob[y, x]):
+                            best = o
+                    if best is not None:
+                        merged[best][y, x] = True
+            merged[None] = np.zeros((h, w), bool)  # an object the set does not predict
+            frame = {}
+            for o in [*ids, None]:
+                for g, gm in gts.items():
+                    u = int((merged[o] | gm).sum())
+                    j = int((merged[o] & gm).sum()) / u if u else 1.0
+                    frame[(o, g)] = (j, boundary_f_measure(merged[o], gm)[0])
+            per_video.setdefault((name, row["video_id"]), []).append(frame)
+    scores: dict[str, list[tuple[float, float]]] = {}
+    for (name, _video), frames in per_video.items():
+        gt_ids = sorted({g for f in frames for _, g in f}, key=int)
+        pred_ids = sorted({o for f in frames for o, _ in f if o is not None}, key=int)
+        pred_ids += [None] * max(0, len(gt_ids) - len(pred_ids))
+        mean = {
+            k: tuple(sum(f[k][i] for f in frames) / len(frames) for i in (0, 1)) for k in frames[0]
+        }
+        best = max(
+            itertools.permutations(pred_ids, len(gt_ids)),
+            key=lambda perm: sum(sum(mean[(o, g)]) / 2 for o, g in zip(perm, gt_ids)),
+        )
+        scores.setdefault(name, []).extend(mean[(o, g)] for o, g in zip(best, gt_ids))
+    out = {}
+    for name, vals in scores.items():
+        out[f"davis17/{name}/J"] = sum(v[0] for v in vals) / len(vals)
+        out[f"davis17/{name}/F"] = sum(v[1] for v in vals) / len(vals)
+    for k in ("J", "F"):
+        out[f"davis17/{k}"] = sum(out[f"davis17/{n}/{k}"] for n in scores) / len(scores)
+    return out
+
+
+def test_ref_davis_protocol_merges_objects_per_set(trained_checkpoint, tiny_shards):
+    """Ref-DAVIS17 as published: per expression set, a frame's objects are merged into one
+    label map and scored with the DAVIS procedure (matching, J and F per object, mean over
+    objects), then averaged over the sets; the per-set label columns stay per sample."""
     from data_prep.shards import iter_clip_rows, iter_samples
     from pipelines.data import eval_batches
     from pipelines.inference import evaluate, summarize
 
     ckpt, recipe, model, root, th = trained_checkpoint
-    samples = [s for row in iter_clip_rows(tiny_shards, "test") for s in iter_samples(row)]
-    for i, s in enumerate(samples):  # pretend these are DAVIS samples of two sets
-        s["meta"] = json.dumps({"expression_set": "annot1" if i % 3 == 0 else "annot2"})
-    acc = evaluate(model, eval_batches(samples, recipe, batch_size=4), device="cpu", threshold=th)
+    rows = list(iter_clip_rows(tiny_shards, "test"))
+    rows = [r for r in rows if r["video_id"] == rows[0]["video_id"]]  # one video, all frames
+    sets: dict[tuple[str, str], str] = {}
+    for row in rows:  # pretend: DAVIS objects, each video's objects alternating between 2 sets
+        for obj in row["objects"]:
+            vid_objs = [k for k in sets if k[0] == row["video_id"]]
+            name = sets.setdefault(
+                (row["video_id"], obj["object_id"]), ("annot1", "annot2")[len(vid_objs) % 2]
+            )
+            for e in obj["expressions"]:
+                e["meta"] = json.dumps({"expression_set": name})
+    samples = [s for row in rows for s in iter_samples(row)]
+    # batches of 3 split clips across batches: the merge must still see whole clips
+    acc = evaluate(model, eval_batches(samples, recipe, batch_size=3), device="cpu", threshold=th)
     res = summarize(acc)
-    n1, n2 = res["annot1/num_samples"], res["annot2/num_samples"]
-    assert (n1, n2) == (len(range(0, len(samples), 3)), len(samples) - n1)
-    for k in ("J", "F", "J&F", "mean_iou"):
-        assert res[f"groups_avg/{k}"] == pytest.approx(
-            (res[f"annot1/{k}"] + res[f"annot2/{k}"]) / 2
-        )
-    # the set average weighs sets equally, unlike the pooled number
-    pooled = (n1 * res["annot1/mean_iou"] + n2 * res["annot2/mean_iou"]) / (n1 + n2)
-    assert res["mean_iou"] == pytest.approx(pooled)
+    hand = _davis_by_hand(model, recipe, rows, th)
+    assert set(hand) < set(res) and hand
+    for k, v in hand.items():
+        assert res[k] == pytest.approx(v, abs=1e-12), k
+    assert res["davis17/J&F"] == pytest.approx((hand["davis17/J"] + hand["davis17/F"]) / 2)
+    assert 0 < res["davis17/J"] < 1
+    assert res["annot1/num_samples"] + res["annot2/num_samples"] == res["num_samples"]
 
 
 def test_evaluate_drops_duplicate_samples_and_restores_train_mode(trained_checkpoint, tiny_shards):
@@ -284,3 +379,42 @@ def test_ytvos_valid_submission_layout(trained_checkpoint, ray_local, tmp_path):
     with Image.open(io.BytesIO(png)) as im:
         assert im.mode == "L" and im.size == (W, H)
         assert set(np.unique(np.asarray(im)).tolist()) <= {0, 255}
+
+
+def test_binarize_rules_hand_computed():
+    import torch
+
+    from pipelines.inference import binarize
+
+    p = torch.tensor([0.2, 0.3, 0.35, 0.6])
+    assert binarize(p, 0.5, "absolute").tolist() == [False, False, False, True]
+    # relative: half of this prediction's maximum, 0.3 (strictly greater, as the CSTM release)
+    assert binarize(p, 0.5, "relative").tolist() == [False, False, True, True]
+    assert binarize(np.asarray([0.1, 0.04]), 0.5, "relative").tolist() == [True, False]
+    with pytest.raises(ValueError, match="not one of"):
+        binarize(p, 0.5, "percentile")
+
+
+def test_validation_uses_the_recipe_threshold_rule_and_reports_per_label(
+    trained_checkpoint, tiny_shards
+):
+    """`validate` (the training loop's, single rank) = evaluate + summarize with the recipe's
+    eval.threshold / eval.threshold_rule, every metric also as <label>/<metric>."""
+    import torch
+
+    from data_prep.shards import iter_clip_rows, iter_samples
+    from pipelines.data import eval_batches
+    from pipelines.inference import evaluate, summarize
+    from pipelines.train.loop import validate
+
+    ckpt, recipe, model, root, th = trained_checkpoint
+    rows = list(iter_clip_rows(tiny_shards, "test"))
+    rel = recipe.replace(["eval.threshold=0.9", "eval.threshold_rule=relative"])
+    got = validate(model, rel, rows[:3], world=1, rank=0, device=torch.device("cpu"))
+    samples = [s for row in rows[:3] for s in iter_samples(row)]
+    want = summarize(evaluate(model, eval_batches(samples, recipe), threshold=0.9, rule="relative"))
+    assert set(got) == set(want) and any(k.endswith("/mean_iou") for k in got)
+    for k, v in want.items():
+        assert (math.isnan(v) and math.isnan(got[k])) or got[k] == pytest.approx(v, abs=1e-12), k
+    absolute = summarize(evaluate(model, eval_batches(samples, recipe), threshold=0.9))
+    assert absolute["mean_iou"] != pytest.approx(got["mean_iou"])  # the rule matters here

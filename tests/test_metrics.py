@@ -22,6 +22,7 @@ from lstc.metrics import (
     boundary_f_measure,
     boundary_tolerance_px,
     mask_boundary,
+    merge_object_masks,
     to_bool_mask,
 )
 
@@ -530,3 +531,119 @@ def test_inputs_torch_and_validation():
 def test_empty_accumulator():
     r = ReferringMetrics().compute()
     assert r["num_samples"] == 0 and math.isnan(r["mean_iou"]) and math.isnan(r["J&F"])
+
+
+# --------------------------------------------------------------------------------------------
+# per-label metrics (issue 14) and the Ref-DAVIS17 merged-object protocol
+# --------------------------------------------------------------------------------------------
+
+
+def test_per_label_metrics_hand_computed_and_reduced_across_ranks():
+    """Two labels, four samples with known I / U (10x10 frames, ``counted``):
+
+    =====  ==========================  ===  ==  =====
+    name   labels                      I    U   IoU
+    =====  ==========================  ===  ==  =====
+    s1     motion                      2    4   1/2
+    s2     motion                      3    4   3/4
+    s3     appearance                  9    10  9/10
+    s4     appearance                  0    2   0
+    =====  ==========================  ===  ==  =====
+
+    motion: overall 5/8, mean (1/2 + 3/4)/2 = 5/8, P@0.5 = 1, P@0.7 = 1/2, P@0.8 = 0,
+    mAP = (1 + 6)/20 = 7/20 (1/2 passes K = .50 only, 3/4 passes .50 ... .75).
+    appearance: overall 9/12, mean 9/20, P@0.5 = P@0.9 = 1/2, mAP = 9/20 (9/10 passes .50 ...
+    .90). All: overall 14/20, mean (1/2 + 3/4 + 9/10 + 0)/4 = 43/80.
+    """
+    samples = [
+        (counted(2, 2, 0), ("motion",)),
+        (counted(3, 0, 1), ("motion",)),
+        (counted(9, 1, 0), ("appearance",)),
+        (counted(0, 1, 1), ("appearance",)),
+    ]
+    one_pass = ReferringMetrics()
+    ranks = [ReferringMetrics(), ReferringMetrics()]
+    for i, ((p, g), labels) in enumerate(samples):
+        one_pass.process(p, g, labels=labels, key=f"s{i}")
+        ranks[i % 2].process(p, g, labels=labels, key=f"s{i}")  # rank = sample index mod 2
+    # a padded duplicate on rank 1 (distributed sampler) must not count twice per label either
+    ranks[1].process(*samples[0][0], labels=("motion",), key="s0")
+    merged = ReferringMetrics.merge([pickle.loads(pickle.dumps(r.state())) for r in ranks])
+    for acc in (one_pass, merged):
+        by = acc.compute_by_label()
+        assert list(by) == ["appearance", "motion"] == acc.labels()
+        mo, ap = by["motion"], by["appearance"]
+        assert mo["num_samples"] == 2 and ap["num_samples"] == 2
+        assert mo["overall_iou"] == 5 / 8 and mo["mean_iou"] == 5 / 8
+        assert (mo["P@0.5"], mo["P@0.7"], mo["P@0.8"]) == (1.0, 0.5, 0.0)
+        assert mo["mAP@0.5:0.95"] == pytest.approx(7 / 20, abs=1e-15)
+        assert ap["overall_iou"] == 9 / 12 and ap["mean_iou"] == 9 / 20
+        assert (ap["P@0.5"], ap["P@0.9"]) == (0.5, 0.5)
+        assert ap["mAP@0.5:0.95"] == pytest.approx(9 / 20, abs=1e-15)
+        total = acc.compute()
+        assert total["overall_iou"] == 14 / 20 and total["mean_iou"] == pytest.approx(43 / 80)
+        assert total["num_samples"] == 4
+    # a sample may carry several labels: it counts in each
+    m = ReferringMetrics()
+    m.process(*counted(2, 2, 0), labels=("adult", "walking"))
+    m.process(*counted(3, 0, 1), labels=("adult", "running"))
+    by = m.compute_by_label(coco=False)
+    assert by["adult"]["num_samples"] == 2 and by["adult"]["mean_iou"] == 5 / 8
+    assert by["walking"]["mean_iou"] == 1 / 2 and by["running"]["mean_iou"] == 3 / 4
+
+
+def test_merge_object_masks_gives_overlaps_to_the_most_probable_object():
+    a = np.zeros((4, 4), bool)
+    a[:, :3] = True  # object 1 covers columns 0..2
+    b = np.zeros((4, 4), bool)
+    b[:, 2:] = True  # object 2 covers columns 2..3: column 2 is contested
+    p1 = np.full((4, 4), 0.6)
+    p2 = np.full((4, 4), 0.9)
+    p2[0, 2] = 0.5  # object 1 (0.6) wins this pixel
+    out = merge_object_masks({"1": a, "2": b}, {"1": p1, "2": p2})
+    expect1 = np.zeros((4, 4), bool)
+    expect1[:, :2] = True
+    expect1[0, 2] = True
+    assert np.array_equal(out["1"], expect1) and np.array_equal(out["2"], b & ~expect1)
+    # no probabilities: the first object in numeric id order keeps the overlap ("2" < "10")
+    out = merge_object_masks({"10": b, "2": a})
+    assert np.array_equal(out["2"], a) and np.array_equal(out["10"], b & ~a)
+
+
+def test_ref_davis_protocol_matches_objects_and_averages_sets():
+    """One video, two objects, 20x20 frames (F tolerance 1 px): gt1 = square A (rows/cols
+    0..3), gt2 = square B (rows/cols 10..13), identical in the 3 frames.
+
+    Set ``annot1``: frame 0 predicts object 1 = A ∪ B (p 0.6) and object 2 = B (p 0.9): merged,
+    B goes to object 2, so object 1 = A, object 2 = B. Frames 1 and 2 predict them swapped
+    (object 1 = B, object 2 = A). Mean over the frames (J = F here: same masks give 1, disjoint
+    far-apart squares 0): pred 1 vs gt 1 = 1/3, pred 1 vs gt 2 = 2/3, and the same for pred 2
+    crosswise; the DAVIS matching pairs pred 1 with gt 2 and pred 2 with gt 1: J = F = 2/3 (not
+    the 1/3 of scoring by id).
+    Set ``annot2`` has an expression for object 1 only (predicted A in every frame): object 2
+    is an empty prediction: J = F = (1 + 0) / 2 = 1/2. Average over the sets: 7/12.
+    """
+    sq_a, sq_b = square((20, 20), 0, 0, 4), square((20, 20), 10, 10, 4)
+    gts = {"1": sq_a, "2": sq_b}
+    shards = [ReferringMetrics(), ReferringMetrics()]
+    for t in range(3):
+        acc = shards[t % 2]  # frames spread over two workers: merged states
+        if t == 0:
+            preds = {"1": sq_a | sq_b, "2": sq_b}
+            probs = {"1": np.full((20, 20), 0.6), "2": np.full((20, 20), 0.9)}
+        else:
+            preds, probs = {"1": sq_b, "2": sq_a}, None
+        assert acc.process_objects(
+            group="annot1", video="v", frame=str(t), preds=preds, probs=probs, gts=gts
+        )
+        acc.process_objects(group="annot2", video="v", frame=str(t), preds={"1": sq_a}, gts=gts)
+    assert not shards[0].process_objects(
+        group="annot2", video="v", frame="0", preds={"1": sq_b}, gts=gts
+    )  # seen: ignored
+    total = ReferringMetrics.merge([s.state() for s in shards])
+    by = total.compute_objects()
+    assert by["annot1"]["J"] == pytest.approx(2 / 3) and by["annot1"]["F"] == pytest.approx(2 / 3)
+    assert by["annot1"]["num_objects"] == 2 and by["annot1"]["num_frames"] == 3
+    assert by["annot2"]["J"] == 0.5 and by["annot2"]["F"] == 0.5 and by["annot2"]["J&F"] == 0.5
+    avg = average_over_groups(by)
+    assert avg["J&F"] == pytest.approx(7 / 12)

@@ -2,9 +2,11 @@
 
 Every metric of ``lstc.metrics`` is computed with the function training-time validation uses
 (so the numbers reproduce the logged validation metrics), printed as a table and logged to a
-new MLflow run tagged with the model. Ref-DAVIS17 shards are also scored per expression set and
-averaged over the sets. ``--submission`` writes, validates and zips a Ref-YouTube-VOS
-submission.
+new MLflow run tagged with the model; every metric also per label of the samples (refer-shapes
+expression kind, A2D actor and action, J-HMDB action, Ref-DAVIS17 expression set) as
+eval/<label>/<metric>. Ref-DAVIS17 shards are also scored with the published protocol (objects
+merged per expression set, DAVIS-2017 J and F, averaged over the sets: davis17/J&F).
+``--submission`` writes, validates and zips a Ref-YouTube-VOS submission.
 """
 
 from __future__ import annotations
@@ -42,7 +44,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="eval batch size (default: recipe data.eval_batch_size)",
     )
-    p.add_argument("--threshold", type=float, default=0.5, help="mask threshold on sigmoid(logits)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="mask threshold on p = sigmoid(logits) (default: the model recipe's eval.threshold)",
+    )
+    p.add_argument(
+        "--threshold-rule",
+        choices=("absolute", "relative"),
+        default=None,
+        help="absolute: p > threshold; relative: p > threshold * max(p) of each prediction, as "
+        "the CSTM release (default: the model recipe's eval.threshold_rule)",
+    )
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N clips")
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     p.add_argument(

@@ -7,7 +7,8 @@ It returns, per batch of clips, the ``ReferringMetrics.state()`` of those sample
 when a submission is written, the predicted masks (PNG) with the ids needed to place them.
 The driver merges the states with ``ReferringMetrics.merge`` — sample keys make the merge
 drop duplicates — so the result equals single-process evaluation (the metrics are
-order-independent, see ``lstc.metrics``).
+order-independent, see ``lstc.metrics``), per label and for the Ref-DAVIS17 merged-object
+frames too (a clip row is never split between tasks, so its objects are merged in one actor).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class _Scorer:
         batch_size: int,
         threshold: float,
         keep_masks: bool,
+        threshold_rule: str = "absolute",
     ) -> None:
         from pipelines.eval.loading import load_model
 
@@ -40,6 +42,7 @@ class _Scorer:
         self.model.eval()
         self.batch_size = batch_size
         self.threshold = threshold
+        self.threshold_rule = threshold_rule
         self.keep_masks = keep_masks
 
     def __call__(self, rows: Mapping[str, Any]) -> dict[str, list[bytes]]:
@@ -69,6 +72,7 @@ class _Scorer:
             self.model,
             eval_batches(samples, self.recipe, batch_size=self.batch_size),
             threshold=self.threshold,
+            rule=self.threshold_rule,
             metrics=ReferringMetrics(),
             on_batch=keep if self.keep_masks else None,
         )
@@ -107,6 +111,7 @@ def evaluate_parallel(
     num_workers: int,
     batch_size: int,
     threshold: float = 0.5,
+    threshold_rule: str = "absolute",
     limit: int | None = None,
     tracking_uri: str | None = None,
     on_batch: Callable[[Mapping[str, Any], list[Any]], None] | None = None,
@@ -127,7 +132,14 @@ def evaluate_parallel(
         ds = ds.limit(limit)
     scored = ds.map_batches(
         _Scorer,
-        fn_constructor_args=(model_spec, tracking_uri, batch_size, threshold, on_batch is not None),
+        fn_constructor_args=(
+            model_spec,
+            tracking_uri,
+            batch_size,
+            threshold,
+            on_batch is not None,
+            threshold_rule,
+        ),
         batch_size=clips_per_task,
         batch_format="numpy",
         concurrency=num_workers,

@@ -14,8 +14,13 @@ then uploaded as one zip).
 Every metric of ``lstc.metrics`` is computed with :func:`pipelines.inference.evaluate` (the
 function training-time validation uses, so the numbers reproduce the logged validation
 metrics), printed as a table, and logged to a new MLflow run tagged with the model (registered
-name / version / alias, or checkpoint path). Samples carrying an ``expression_set`` (Ref-DAVIS17)
-are also scored per set and averaged over the sets (``groups_avg/...``, the headline J&F).
+name / version / alias, or checkpoint path). Every metric is also reported per label of the samples'
+meta (:func:`pipelines.inference.sample_labels`: refer-shapes expression kinds, A2D actors and
+actions, J-HMDB actions, Ref-DAVIS17 expression sets), printed as extra columns and logged as
+``eval/<label>/<metric>``. Ref-DAVIS17 shards are also scored with the published protocol
+(objects merged per expression set, DAVIS-2017 scoring, averaged over the sets: ``davis17/J&F``
+is the headline number; docs/METRICS.md). Masks follow ``--threshold`` / ``--threshold-rule``,
+by default the model recipe's ``eval.threshold`` / ``eval.threshold_rule``.
 ``--submission`` writes the masks of every sample in the Ref-YouTube-VOS layout
 (``Annotations/<video>/<exp_id>/<frame>.png``), validates it and zips it.
 
@@ -30,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +56,8 @@ class EvalOptions:
     submission: str | None = None  # Ref-YouTube-VOS submission zip to write (path or URI)
     meta_expressions: str | None = None  # validate the submission against this json
     batch_size: int | None = None  # default: recipe data.eval_batch_size
-    threshold: float = 0.5
+    threshold: float | None = None  # default: the model recipe's eval.threshold
+    threshold_rule: str | None = None  # absolute | relative (default: eval.threshold_rule)
     limit: int | None = None  # first N clips only
     device: str | None = None  # cpu | cuda (default: cuda when available)
     num_workers: int = 1  # >1: Ray Data actor pool
@@ -104,34 +110,63 @@ def _model_name(tags: Mapping[str, str]) -> str:
 # --------------------------------------------------------------------------- output
 
 
+#: label columns per printed table (more labels continue in a further table)
+LABEL_COLUMNS = 6
+
+
+def _pct(v: Any) -> str:
+    if v is None or _nan(v):
+        return "-"
+    return f"{100 * float(v):.2f}"
+
+
 def format_table(metrics: Mapping[str, float]) -> str:
-    """Metrics as an aligned text table (percent), with one column per group if any."""
-    groups = sorted(
-        {k.split("/", 1)[0] for k in metrics if "/" in k and not k.startswith("groups_avg/")}
-    )
-    cols = ["all", *groups] + (
-        ["groups avg"] if any(k.startswith("groups_avg/") for k in metrics) else []
-    )
+    """Metrics as aligned text tables (percent): rows = metrics, columns = all samples and
+    each label (``<label>/<metric>`` keys, at most :data:`LABEL_COLUMNS` per table), then the
+    Ref-DAVIS17 protocol per expression set and averaged (``davis17/...``) when present."""
+    from pipelines.inference import DAVIS_PREFIX
 
-    def cell(col: str, key: str) -> str:
-        full = (
-            key
-            if col == "all"
-            else ("groups_avg/" + key if col == "groups avg" else f"{col}/{key}")
+    labels = sorted(
+        {
+            k.rsplit("/", 1)[0]
+            for k in metrics
+            if k.count("/") == 1
+            and k.split("/")[1] in TABLE_KEYS
+            and k.split("/")[0] != DAVIS_PREFIX
+        }
+    )
+    chunks = [labels[i : i + LABEL_COLUMNS] for i in range(0, len(labels), LABEL_COLUMNS)]
+    blocks = []
+    for c, chunk in enumerate(chunks or [[]]):
+        cols = (["all"] if c == 0 else []) + chunk
+        width = max(9, *(len(x) + 2 for x in cols))
+        lines = ["metric".ljust(20) + "".join(x.rjust(width) for x in cols)]
+        for key in TABLE_KEYS:
+            cells = [_pct(metrics.get(key if x == "all" else f"{x}/{key}")) for x in cols]
+            lines.append(key.ljust(20) + "".join(v.rjust(width) for v in cells))
+        counts = [metrics.get("num_samples" if x == "all" else f"{x}/num_samples") for x in cols]
+        lines.append(
+            "samples".ljust(20)
+            + "".join(("-" if n is None else str(int(n))).rjust(width) for n in counts)
         )
-        v = metrics.get(full)
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return "-"
-        return f"{100 * float(v):.2f}"
-
-    width = max(len(c) for c in cols) + 2
-    lines = ["metric".ljust(20) + "".join(c.rjust(max(width, 9)) for c in cols)]
-    for key in TABLE_KEYS:
-        lines.append(key.ljust(20) + "".join(cell(c, key).rjust(max(width, 9)) for c in cols))
-    n = metrics.get("num_samples")
-    if n is not None:
-        lines.append("samples".ljust(20) + str(int(n)).rjust(max(width, 9)))
-    return "\n".join(lines)
+        blocks.append("\n".join(lines))
+    sets = sorted(
+        {k.split("/")[1] for k in metrics if k.startswith(DAVIS_PREFIX + "/") and k.count("/") == 2}
+    )
+    if sets:
+        width = max(9, *(len(x) + 2 for x in sets))
+        lines = [
+            "Ref-DAVIS17 protocol (objects merged per expression set, DAVIS-2017 J/F)",
+            "set".ljust(20) + "".join(x.rjust(width) for x in ("J", "F", "J&F", "objects")),
+        ]
+        for name in [*sets, "mean"]:
+            pre = f"{DAVIS_PREFIX}/{name}/" if name != "mean" else f"{DAVIS_PREFIX}/"
+            cells = [_pct(metrics.get(pre + k)) for k in ("J", "F", "J&F")]
+            objs = metrics.get(pre + "num_objects")
+            cells.append("-" if objs is None else str(int(objs)))
+            lines.append(name.ljust(20) + "".join(v.rjust(width) for v in cells))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 # --------------------------------------------------------------------------- main
@@ -149,6 +184,20 @@ def _default_split(root: str, recipe: Any, requested: str | None) -> str:
     return split
 
 
+def _resolve_threshold(args: EvalOptions, recipe: Any) -> EvalOptions:
+    """``args`` with the threshold and its rule filled in from the model's recipe (``eval``
+    section) where the command line left them out; refuses an unknown rule."""
+    from pipelines.inference import THRESHOLD_RULES
+
+    threshold = recipe.eval.threshold if args.threshold is None else float(args.threshold)
+    rule = recipe.eval.threshold_rule if args.threshold_rule is None else args.threshold_rule
+    if rule not in THRESHOLD_RULES:
+        raise EvalError(f"--threshold-rule {rule!r} is not one of {', '.join(THRESHOLD_RULES)}")
+    if not 0 < threshold < 1:
+        raise EvalError(f"--threshold {threshold} must be between 0 and 1 (exclusive)")
+    return replace(args, threshold=threshold, threshold_rule=rule)
+
+
 def run_eval(args: EvalOptions) -> dict[str, float]:
     """Score ``args.model`` on ``args.data``; prints the table, logs an MLflow run, returns the metrics."""
     import torch
@@ -159,6 +208,7 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
 
     uri = resolve_tracking_uri(args.tracking_uri)
     model, recipe, tags = load_model(args.model, uri)
+    args = _resolve_threshold(args, recipe)
     root = _data_root(args.data)
     split = _default_split(root, recipe, args.split)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -203,6 +253,7 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
             num_workers=args.num_workers,
             batch_size=args.batch_size or recipe.data.eval_batch_size,
             threshold=args.threshold,
+            threshold_rule=args.threshold_rule,
             limit=args.limit,
             tracking_uri=uri,
             on_batch=write_masks if writer is not None else None,
@@ -216,6 +267,7 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
             batches,
             device=device,
             threshold=args.threshold,
+            rule=args.threshold_rule,
             on_batch=write_masks if writer is not None else None,
         )
     seconds = time.perf_counter() - t0
@@ -297,6 +349,7 @@ def _log_eval_run(
     tracker.log_params(
         {
             "eval.threshold": args.threshold,
+            "eval.threshold_rule": args.threshold_rule,
             "eval.limit": args.limit,
             "eval.batch_size": args.batch_size or recipe.data.eval_batch_size,
             "eval.num_workers": args.num_workers,

@@ -189,15 +189,24 @@ def validate(
     keep: list[dict[str, Any]] | None = None,
 ) -> dict[str, float]:
     """Distributed validation on this rank's clip rows (``pipelines.data.select_val_rows``);
-    metric states are gathered and merged on every rank (equal to a single process)."""
+    metric states are gathered and merged on every rank (equal to a single process). Masks
+    follow the recipe's ``eval.threshold`` / ``eval.threshold_rule``; the result has every
+    metric overall and per label (``<label>/<metric>``, :func:`pipelines.inference.summarize`:
+    the labels travel in the states, so they are reduced across ranks like the totals)."""
     from lstc.metrics import ReferringMetrics
     from pipelines.data import decode_val_rows, eval_batches
-    from pipelines.inference import evaluate
+    from pipelines.inference import evaluate, summarize
 
     samples: Iterator[dict[str, Any]] = decode_val_rows(own_rows)
     if keep is not None and not keep and rank == 0 and recipe.tracking.num_overlays > 0:
         samples = _tee_first(samples, keep, recipe.tracking.num_overlays)
-    local = evaluate(core, eval_batches(samples, recipe), device=device)
+    local = evaluate(
+        core,
+        eval_batches(samples, recipe),
+        device=device,
+        threshold=recipe.eval.threshold,
+        rule=recipe.eval.threshold_rule,
+    )
     dist = _dist()
     if dist is None:
         states = [local.state()]
@@ -205,7 +214,7 @@ def validate(
         states = [None] * world
         dist.all_gather_object(states, local.state())
     merged = ReferringMetrics.merge(states)
-    return merged.compute()
+    return summarize(merged)
 
 
 def _tee_first(it: Iterator[dict[str, Any]], keep: list, n: int) -> Iterator[dict[str, Any]]:
@@ -236,7 +245,9 @@ def _overlay_grid(core: Any, recipe: Any, samples: list[dict[str, Any]]) -> np.n
     core.eval()
     try:
         batch = collate(samples, train=False, **collate_kwargs(recipe))
-        preds = predict_masks(core, batch)
+        preds = predict_masks(
+            core, batch, threshold=recipe.eval.threshold, rule=recipe.eval.threshold_rule
+        )
     finally:
         core.train(was)
     tiles = []
@@ -564,7 +575,11 @@ def _stop_requested(
 def _log_curves(tracker: Any, history: Mapping[str, list[float]]) -> None:
     from lstc.visualize import plot_curves
 
-    keys = [k for k in history if k == "train/epoch/loss" or k.split("/")[-1] in _CURVE_KEYS]
+    keys = [  # overall validation metrics only (not the per-label ones, val/<label>/<metric>)
+        k
+        for k in history
+        if k == "train/epoch/loss" or (k.count("/") == 1 and k.split("/")[-1] in _CURVE_KEYS)
+    ]
     if not keys or not tracker.enabled:
         return
     with tempfile.TemporaryDirectory(prefix="lstc-curves-") as tmp:
