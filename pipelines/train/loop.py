@@ -330,6 +330,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     from pipelines.data import epoch_seed, select_val_rows
     from pipelines.mlops.tracking import Tracker, metric_key
     from pipelines.train.callbacks import call_hook
+    from pipelines.train.ddp import ddp_kwargs, describe_unused
     from pipelines.train.optim import build_optimizer, build_scheduler
 
     recipe = Recipe.from_dict(config["recipe"])
@@ -359,10 +360,14 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             state = load_train_state(d)
         start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
     model.to(device)
+    loss_fn = SegmentationLoss(recipe.loss).to(device)
+    ddp_args: dict[str, Any] = {"find_unused_parameters": tr.find_unused_parameters}
+    if world > 1:  # ablations leave parameters without gradient: DDP must know (see ddp.py)
+        ddp_args, unused = ddp_kwargs(model, loss_fn, device, force=tr.find_unused_parameters)
+        if unused and rank == 0:
+            print(f"lstc train: {describe_unused(unused)}", flush=True)
     model = ray.train.torch.prepare_model(
-        model,
-        move_to_device=False,
-        parallel_strategy_kwargs={"find_unused_parameters": tr.find_unused_parameters},
+        model, move_to_device=False, parallel_strategy_kwargs=ddp_args
     )
     core = unwrap(model)
     optimizer = build_optimizer(core, recipe)
@@ -377,7 +382,6 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         set_rng_state(state["rng"])
         extra = dict(state.get("extra") or {})
     history: dict[str, list[float]] = {k: list(v) for k, v in extra.get("history", {}).items()}
-    loss_fn = SegmentationLoss(recipe.loss).to(device)
 
     tracker = (
         Tracker.start(
