@@ -80,9 +80,21 @@ class OptunaPruning(WorkerCallback):
         value = metrics.get(self.metric)
         if value is None or not math.isfinite(float(value)):
             return False  # nothing to compare: never prune on a missing value
-        trial = self._optuna_trial()
-        trial.report(float(value), step=int(epoch))
-        return bool(trial.should_prune())
+        try:
+            trial = self._optuna_trial()
+            trial.report(float(value), step=int(epoch))
+            return bool(trial.should_prune())
+        except Exception as exc:  # noqa: BLE001 - the study being unreachable never fails a run
+            import warnings
+
+            self._trial = None  # reconnect next epoch
+            warnings.warn(
+                f"epoch {epoch}: reporting to Optuna trial {self.trial_id} failed "
+                f"({type(exc).__name__}: {exc}); not pruned",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
 
 
 __all__ = ["OptunaPruning", "build_pruner"]

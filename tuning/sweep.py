@@ -202,7 +202,6 @@ class Sweep:
                 "lstc.sweep": self.study_name,
                 "lstc.sweep_spec": self.spec.path,
                 "lstc.study_storage": describe_storage(self.storage_url),
-                "lstc.n_trials": str(self.spec.n_trials),
             },
         )
         tracker.log_params(
@@ -371,6 +370,7 @@ class Sweep:
         study = self._open_study()
         self.parent_tracker = self._parent_tracker(study)
         self.parent_run_id = self.parent_tracker.run_id
+        self.parent_tracker.set_tags({"lstc.n_trials": str(n_trials)})
         recovered = self._recover(study)
         k = resolve_parallel(parallel or self.spec.parallel, self.base, n_trials)
         max_failed = (
@@ -420,6 +420,10 @@ class Sweep:
                         failed_now += 1
                         last_error = out.error
                     self._announce(study, out, finished(), n_trials, bar)
+        except KeyboardInterrupt:
+            # the trials still running are failed and retried by the next invocation
+            self.parent_tracker.end("KILLED")
+            raise
         finally:
             if bar is not None:
                 bar.close()
