@@ -1,14 +1,17 @@
-"""Forward+backward step time and peak memory of LSTC vs. the CSTM-like baseline, on CPU.
+"""Forward+backward step time and peak memory of LSTC vs. its CSTM baseline, on CPU.
 
 For each preset (default: tiny and paper) both networks are timed in one subprocess with
 their training steps alternated (baseline, LSTC, baseline, ...), so that load from other
 processes hits both alike; the median step time is reported. Peak resident memory is measured
 per network in a fresh subprocess each (build + two steps), so one does not hide the other.
-The baseline is ``cfg.baseline()``: both streams, concat fusion, CMAM, no CMAM+ / LASP.
+The baseline is ``cfg.baseline()``: both streams, concat fusion, CMAM, no CMAM+ / LASP. For
+``lstc_cstm`` (LSTC built on the release) that is exactly the ``cstm`` preset, the CSTM
+release: "LSTC vs the exact CSTM anchor"; for our presets (tiny, paper) a CSTM-like network.
 Random weights everywhere (``without_pretrained``): nothing is downloaded.
 
     .venv/bin/python benchmarks/model_speed.py                      # tiny + paper
     .venv/bin/python benchmarks/model_speed.py --presets tiny --iters 20 --batch 4
+    .venv/bin/python benchmarks/model_speed.py --presets lstc_cstm --size 160   # vs CSTM
 
 Target: LSTC step time <= 1.3 x the baseline's.
 """
@@ -36,7 +39,7 @@ def _rss_mib() -> float:
     return float("nan")
 
 
-def _setup(preset: str, variant: str, batch: int):
+def _setup(preset: str, variant: str, batch: int, size: int | None = None):
     import torch
 
     from lstc.config import LossConfig, ModelConfig
@@ -44,6 +47,8 @@ def _setup(preset: str, variant: str, batch: int):
     from lstc.model import build_model
 
     cfg = ModelConfig.preset(preset).without_pretrained()
+    if size:
+        cfg = cfg.replace(input_size=(size, size))
     if variant == "baseline":
         cfg = cfg.baseline()
     torch.manual_seed(0)
@@ -68,14 +73,16 @@ def _setup(preset: str, variant: str, batch: int):
     return cfg, model, step
 
 
-def worker_time(preset: str, batch: int, iters: int, warmup: int, threads: int) -> dict:
+def worker_time(
+    preset: str, batch: int, iters: int, warmup: int, threads: int, size: int | None = None
+) -> dict:
     """Both networks in one process, steps alternated so that load changes hit both alike."""
     import torch
 
     from lstc.model import parameter_counts
 
     torch.set_num_threads(threads)
-    setups = {v: _setup(preset, v, batch) for v in ("baseline", "lstc")}
+    setups = {v: _setup(preset, v, batch, size) for v in ("baseline", "lstc")}
     times: dict[str, dict[str, list[float]]] = {v: {"fwd": [], "step": []} for v in setups}
     for i in range(warmup + iters):
         for v, (_, _, step) in setups.items():
@@ -86,8 +93,9 @@ def worker_time(preset: str, batch: int, iters: int, warmup: int, threads: int) 
     out = {}
     for v, (cfg, model, _) in setups.items():
         h, w = cfg.input_size
+        keys = ("streams", "cmam", "lasp", "fusion", "cmam_style", "decoder_style")
         out[v] = {
-            "config": {k: getattr(cfg, k) for k in ("streams", "cmam", "lasp", "fusion")},
+            "config": {k: getattr(cfg, k) for k in keys},
             "input": [batch, 3, cfg.num_frames, h, w],
             "forward_s": statistics.median(times[v]["fwd"]),
             "step_s": statistics.median(times[v]["step"]),
@@ -98,12 +106,14 @@ def worker_time(preset: str, batch: int, iters: int, warmup: int, threads: int) 
     return out
 
 
-def worker_mem(preset: str, variant: str, batch: int, threads: int) -> dict:
+def worker_mem(
+    preset: str, variant: str, batch: int, threads: int, size: int | None = None
+) -> dict:
     """Peak resident memory of one network (own process): build, then two training steps."""
     import torch
 
     torch.set_num_threads(threads)
-    _, _, step = _setup(preset, variant, batch)
+    _, _, step = _setup(preset, variant, batch, size)
     rss_model = _rss_mib()
     for _ in range(2):
         step()
@@ -114,6 +124,8 @@ def worker_mem(preset: str, variant: str, batch: int, threads: int) -> dict:
 def run_worker(args: argparse.Namespace, *worker_args: str) -> dict:
     cmd = [sys.executable, __file__, *worker_args, "--warmup", str(args.warmup)]
     cmd += ["--threads", str(args.threads)]
+    if args.size:
+        cmd += ["--size", str(args.size)]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -131,16 +143,19 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=None, help="default: 20 for tiny, 3 otherwise")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--size", type=int, default=None, help="input H = W (multiple of 32)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker-time", metavar="PRESET", help=argparse.SUPPRESS)
     p.add_argument("--worker-mem", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker_time:
-        r = worker_time(args.worker_time, args.batch, args.iters, args.warmup, args.threads)
+        r = worker_time(
+            args.worker_time, args.batch, args.iters, args.warmup, args.threads, args.size
+        )
         print(json.dumps(r))
         return
     if args.worker_mem:
-        print(json.dumps(worker_mem(*args.worker_mem, args.batch, args.threads)))
+        print(json.dumps(worker_mem(*args.worker_mem, args.batch, args.threads, args.size)))
         return
 
     results = []
@@ -155,6 +170,9 @@ def main() -> None:
         ratio = lstc["step_s"] / b["step_s"]
         results.append({"preset": preset, "threads": args.threads, "ratio": ratio, **t})
         print(f"== {preset}: input {lstc['input']} (B,C,T,H,W), {args.threads} thread(s), CPU")
+        exact = b["config"]["cmam_style"] == b["config"]["decoder_style"] == "release"
+        what = "the exact CSTM release (cstm preset)" if exact else "CSTM-like (our layers)"
+        print(f"   baseline = {what}")
         print(f"   {iters} alternated steps per network after {args.warmup} warm-up; medians")
         print(f"{'':26s}{'baseline':>14s}{'LSTC':>14s}")
         print(f"{'step time fwd+bwd (s)':26s}{b['step_s']:14.3f}{lstc['step_s']:14.3f}")

@@ -53,7 +53,11 @@ def test_unknown_key_is_named():
         ("lasp", 1),
         ("fusion", "attention"),
         ("spatial_backbone", "vit"),
-        ("temporal_backbone", "i3d"),
+        ("temporal_backbone", "c3d"),
+        ("cmam_style", "cstm"),
+        ("decoder_style", "paper"),
+        ("input_norm", "imagenet"),
+        ("word_vectors_limit", -1),
         ("input_size", [100, 100]),
         ("target_index", 9),
         ("decoder_dims", [8, 8]),
@@ -131,7 +135,7 @@ def test_ints_are_accepted_where_floats_are_expected():
         ({"input_size": [64]}, "input_size=[64] is not valid: expected a list of 2 values"),
         ({"decoder_dims": [8, 8]}, "decoder_dims=[8, 8] is not valid: must be 5 positive widths"),
         ({"max_words": 0}, "max_words=0 is not valid: must be >= 1"),
-        ({"preset": "huge"}, "preset='huge' is not valid: choose one of ['cstm_baseline',"),
+        ({"preset": "huge"}, "preset='huge' is not valid: choose one of ['cstm', 'cstm_baseline',"),
     ],
 )
 def test_error_messages_name_key_value_and_allowed(changes, message):
@@ -161,3 +165,15 @@ def test_streams_switch_properties():
     assert (spatial.uses_spatial, spatial.uses_temporal) == (True, False)
     temporal = tiny.replace(streams="temporal")
     assert (temporal.uses_spatial, temporal.uses_temporal) == (False, True)
+
+
+def test_release_decoder_and_glove_cross_checks():
+    with pytest.raises(ConfigError, match=r"decoder_dims=.*one width"):
+        ModelConfig.from_dict({"preset": "tiny", "decoder_style": "release"})
+    with pytest.raises(ConfigError, match="fusion='sum'.*concat"):
+        ModelConfig.from_dict({"preset": "tiny_cstm", "fusion": "sum"})
+    with pytest.raises(ConfigError, match=r"word_vectors=None.*GloVe"):
+        ModelConfig.from_dict({"preset": "tiny", "text_encoder": "glove", "text_pretrained": True})
+    cfg = ModelConfig.from_dict({"preset": "cstm", "word_vectors": "/data/glove.txt"})
+    assert cfg.word_vectors == "/data/glove.txt" and cfg.temporal_backbone == "i3d"
+    assert cfg.without_pretrained().text_pretrained is False  # no file needed to build

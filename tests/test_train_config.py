@@ -277,7 +277,10 @@ def test_recipe_by_bare_name_resolves_to_configs(monkeypatch, tmp_path):
         ("model.cmam=foo", "model.cmam='foo' is not valid: choose one of ['none', 'cmam', 'cmam_"),
         ("model.nope=1", "unknown key 'model.nope'; valid keys of model are ['cmam',"),
         ("model.input_size=[100, 100]", "model.input_size=[100, 100] is not valid: must be two"),
-        ("model.preset=huge", "model.preset='huge' is not valid: choose one of ['cstm_baseline'"),
+        (
+            "model.preset=huge",
+            "model.preset='huge' is not valid: choose one of ['cstm', 'cstm_baseline'",
+        ),
         ("loss.pos_weight=-1", "loss.pos_weight=-1 is not valid: must be >= 0"),
         ("nosection.x=1", "unknown key 'nosection'; valid keys are ['base', 'data',"),
         ("optim=3", "optim=3 is not valid: expected a mapping"),
