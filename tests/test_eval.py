@@ -418,3 +418,16 @@ def test_validation_uses_the_recipe_threshold_rule_and_reports_per_label(
         assert (math.isnan(v) and math.isnan(got[k])) or got[k] == pytest.approx(v, abs=1e-12), k
     absolute = summarize(evaluate(model, eval_batches(samples, recipe), threshold=0.9))
     assert absolute["mean_iou"] != pytest.approx(got["mean_iou"])  # the rule matters here
+
+
+def test_sample_labels_of_each_benchmark():
+    from pipelines.inference import sample_labels
+
+    assert sample_labels({"label": "motion", "frame_name": "00001"}) == ("motion",)
+    assert sample_labels({"label": "11"}) == ("adult", "climbing")  # A2D: 10 * actor + action
+    assert sample_labels({"label": "79"}) == ("dog", "no_action")
+    assert sample_labels({"label": "99"}) == ("99",)  # not an A2D code: kept as is
+    assert sample_labels({"action": "walk"}) == ("walk",)  # J-HMDB
+    assert sample_labels({"expression_set": "annot1"}) == ("annot1",)  # Ref-DAVIS17
+    assert sample_labels({"expression_set": 2}) == ("set2",)
+    assert sample_labels({"exp_id": "0", "frame_name": "00005"}) == ()  # Ref-YouTube-VOS
