@@ -689,10 +689,10 @@ def merge_object_masks(
     by_id = {str(k): v for k, v in masks.items()}
     stack = np.stack([to_bool_mask(by_id[k], f"mask {k}") for k in ids])
     covered = stack.any(axis=0)
-    if probs is None or len(ids) == 1:
+    p_by_id = {str(k): v for k, v in (probs or {}).items()}
+    if len(ids) == 1 or any(p_by_id.get(k) is None for k in ids):  # no (complete) probabilities
         winner = np.argmax(stack, axis=0)
     else:
-        p_by_id = {str(k): v for k, v in probs.items()}
         score = np.stack([np.asarray(p_by_id[k], dtype=np.float64) for k in ids])
         if score.shape != stack.shape:
             raise ValueError(f"probability maps {score.shape} and masks {stack.shape} differ")
