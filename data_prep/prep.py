@@ -44,6 +44,7 @@ from typing import Any
 
 from data_prep.clips import build_clips
 from data_prep.clipspec import ClipSpec
+from data_prep.heldout import HeldoutSpec, assign_samples, assign_units
 from data_prep.readers import get_reader
 from data_prep.readers.base import IndexUnit
 from data_prep.samples import DatasetRootError, Reject
@@ -83,6 +84,7 @@ class PrepConfig:
     clip: ClipSpec = field(default_factory=ClipSpec)
     clips_per_shard: int = 64
     splits: tuple[str, ...] = ()  # empty: every split the reader finds
+    heldout: HeldoutSpec | None = None  # move some train videos to a validation split
     address: str | None = None  # Ray cluster address; None: local Ray
     num_cpus: int | None = None  # local Ray only
     concurrency: int | None = None  # max shard tasks in flight (None: as many as CPUs)
@@ -93,12 +95,15 @@ class PrepConfig:
         return {**self._bytes_config(), "splits": sorted(self.splits if splits is None else splits)}
 
     def _bytes_config(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "dataset": self.dataset,
             "clip": asdict(self.clip),
             "clips_per_shard": self.clips_per_shard,
         }
+        if self.heldout is not None:  # absent otherwise: hashes of earlier preps stay valid
+            out["heldout"] = self.heldout.to_dict()
+        return out
 
     def config_hash(self) -> str:
         """Hash of what determines a shard's bytes. Not the split selection: a run restricted
@@ -350,11 +355,15 @@ def run_prep(cfg: PrepConfig) -> PrepSummary:
     split_index = reader.units()
     if split_index is None:  # the whole index in the driver (metadata only)
         samples, reader_rejects = reader.read()
+        if cfg.heldout is not None:
+            samples = assign_samples(samples, cfg.heldout)
         if cfg.splits:
             samples = [s for s in samples if s.split in cfg.splits]
         plans = plan_shards(build_clips(samples), cfg, root)
     else:  # cheap pass here, the expensive part of the index inside the shard tasks
         reader_rejects, units = split_index
+        if cfg.heldout is not None:
+            units = assign_units(units, cfg.heldout)
         if cfg.splits:
             units = [u for u in units if u.split in cfg.splits]
         plans = plan_unit_shards(units, cfg, root)

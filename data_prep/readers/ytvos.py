@@ -11,6 +11,10 @@ Splits read: ``train`` (with masks) and ``valid`` (no ground truth: ``mask=None`
 valid json also lists the test videos: valid = valid − test, the test ids being those of
 ``meta_expressions/test/meta_expressions.json`` (202 videos on the real benchmark).
 Every listed frame of a video is a target frame (the submission needs them all).
+Model selection needs masks the valid split does not have: ``lstc prep --heldout-fraction F``
+moves the samples of about F of the train videos to a split ``heldout``
+(:mod:`data_prep.heldout`; by video, chosen by a hash of the video id), which
+``configs/ytvos_paper.yaml`` validates on.
 """
 
 from __future__ import annotations

@@ -60,6 +60,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--split", action="append", default=[], help="only this split (repeatable; default all)"
     )
     p.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="move about F of the train videos (chosen by a hash of the video id: the same "
+        "videos on every run) to a validation split 'heldout', for recipes that select their "
+        "model on data.val_split=heldout (e.g. 0.05; default: none)",
+    )
+    p.add_argument(
         "--address", default=None, help="Ray cluster address (default: start a local Ray)"
     )
     p.add_argument(
@@ -73,9 +82,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from data_prep.clipspec import ClipSpec
+    from data_prep.heldout import HeldoutSpec
     from data_prep.prep import PrepConfig, PrepStorageError, run_prep
     from data_prep.samples import DatasetRootError
 
+    try:
+        heldout = HeldoutSpec(args.heldout_fraction) if args.heldout_fraction is not None else None
+    except ValueError as exc:
+        print(f"lstc prep: {exc}", file=sys.stderr)
+        return 2
     cfg = PrepConfig(
         dataset=args.dataset,
         root=args.root,
@@ -90,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         clips_per_shard=args.clips_per_shard,
         splits=tuple(args.split),
+        heldout=heldout,
         address=args.address,
         num_cpus=args.num_cpus,
         concurrency=args.concurrency,
