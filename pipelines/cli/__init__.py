@@ -43,6 +43,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.cli.runs",
         "list and compare MLflow runs: params and final metrics table, overlaid metric curves",
     ),
+    "weights": (
+        "pipelines.cli.weights",
+        "fetch a recipe's pretrained files once (sha256) and write a recipe overlay using them",
+    ),
     "demo": (
         "pipelines.cli.demo",
         "run the whole pipeline on a synthetic benchmark (synth -> prep -> train -> eval)",
