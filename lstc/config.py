@@ -515,20 +515,28 @@ def _tiny_cstm() -> ModelConfig:
     )
 
 
-#: training facts of the release's options (opts.py) that live in a recipe, not the model
+#: The release's training and inference settings (its opts.py and test.py), as dotted recipe
+#: overrides: they live in a recipe (pipelines.config), not in the network. Use with the
+#: ``cstm`` preset: ``lstc train --config R model.preset=cstm data.batch_size=4 ...``.
+#: Notes: the release's training code is not public; opts.py sets a 2-epoch warm-up, but its
+#: ``adjust_learning_rate`` overwrites the warm-up lr under the default ``multi_step`` rule;
+#: the released dataset class has no augmentation; the per-level loss weights are unknown
+#: (ours kept). Inference: binarise at half of each prediction's maximum.
 CSTM_TRAINING: dict[str, Any] = {
-    "optimizer": "adam",
-    "lr": 5e-4,
-    "weight_decay": 0.0,
-    "warmup_epochs": 2,
-    "lr_step_epochs": 8,
-    "lr_gamma": 0.1,
-    "epochs": 9,
-    "batch_size": 4,
-    "loss": "bce",
-    "pos_weight": 1.5,
-    "threshold_rule": "relative",  # binarise at 0.5 x each prediction's maximum
-    "threshold": 0.5,
+    "data.batch_size": 4,
+    "data.augment.enabled": False,
+    "optim.name": "adam",
+    "optim.lr": 5e-4,
+    "optim.weight_decay": 0.0,
+    "schedule.kind": "step",
+    "schedule.warmup_epochs": 2.0,
+    "schedule.step_epochs": [8],
+    "schedule.gamma": 0.1,
+    "train.epochs": 9,
+    "loss.pos_weight": 1.5,
+    "loss.dice_weight": 0.0,
+    "eval.threshold": 0.5,
+    "eval.threshold_rule": "relative",
 }
 
 

@@ -417,3 +417,21 @@ def test_model_doc_holds_the_generated_module_table():
     assert mod.block() in doc, "run: .venv/bin/python benchmarks/model_table.py --write"
     rows = {line.split(" | ")[0].lstrip("| "): line for line in mod.table().splitlines()}
     assert rows["total (trainable)"].split(" | ")[4] == "184,376,198"  # = the derivation above
+
+
+def test_release_training_settings_are_valid_recipe_overrides():
+    """CSTM_TRAINING (batch 4, Adam 5e-4, x0.1 at epoch 8 of 9, BCE pos_weight 1.5, relative
+    threshold 0.5) applies to a shipped recipe with the cstm preset."""
+    import json
+    from pathlib import Path
+
+    from lstc.config import CSTM_TRAINING
+    from pipelines.config import load_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = [f"{k}={json.dumps(v)}" for k, v in CSTM_TRAINING.items()]
+    r = load_recipe(root / "configs" / "a2d_paper.yaml", ["model.preset=cstm", *overrides])
+    assert r.model == ModelConfig.preset("cstm")
+    assert (r.data.batch_size, r.optim.name, r.optim.lr, r.train.epochs) == (4, "adam", 5e-4, 9)
+    assert (r.schedule.step_epochs, r.schedule.gamma, r.loss.pos_weight) == ((8,), 0.1, 1.5)
+    assert (r.eval.threshold_rule, r.eval.threshold) == ("relative", 0.5)
