@@ -96,7 +96,14 @@ def build_torchvision(arch: str, spec: str | None, *, video: bool) -> nn.Module:
                 f"{spec!r} is not a torchvision weight of {arch}; choose one of "
                 f"{list(enum.__members__)} or give a state-dict file path"
             )
-        return builder(weights=enum[spec])
+        try:
+            return builder(weights=enum[spec])
+        except OSError as exc:  # URLError, connection errors: no internet on this machine
+            raise WeightsError(
+                f"cannot download torchvision weights {arch} {spec} ({exc}); on a machine "
+                "without internet fetch them once with `lstc weights fetch --recipe R --to DIR` "
+                "and use DIR/recipe.yaml, or give a local state-dict path"
+            ) from exc
     path = Path(spec).expanduser()
     state = _read_state_dict(path)
     model = builder(weights=None)

@@ -1,6 +1,7 @@
 """Text side of LSTC: an offline-capable tokenizer and a transformers word encoder.
 
-CSTM's release encodes the expression with GloVe-300 + a 1-layer GRU; we replace that by any
+CSTM's release encodes the expression with GloVe-300 + a 1-layer GRU: that encoder is
+``text_encoder="glove"`` (lstc/glove.py, the ``cstm`` presets). Here, ours: any
 `transformers` encoder (our choice, per DESIGN.md): its last hidden states are the word
 features ``W in R^{L x H}``, its attention mask the padding mask. Special tokens ([CLS],
 [SEP]) stay in as "words" -- they carry sentence context -- while padding positions are
