@@ -180,6 +180,19 @@ def test_cstm_preset_shapes_at_the_release_size(meta_models):
     assert shapes == [(c, 320 // s, 320 // s) for c, s in zip(IMAGE_DIMS, (2, 4, 8, 16, 32))]
     tok = m.tokenizer(["the man in a red shirt", "a dog"])
     assert tok["input_ids"].shape == (2, 20)
+    words, _ = m.encode_text(tok["input_ids"].to("meta"), tok["attention_mask"].to("meta"))
+    assert tuple(words.shape) == (2, 20, D)  # GRU-512 over 20 words, LayerNorm, Tanh
+    # per stage: CMAM keeps the map, its context V' too, the projection gives 256 channels
+    v = torch.empty(2, VIDEO_DIMS[3], 2, 20, 20, device="meta")
+    out3, sentence, context = m.temporal.cmams[3](v, words, None)
+    assert out3.shape == context.shape == v.shape and tuple(sentence.shape) == (2, D)
+    s4 = torch.empty(2, IMAGE_DIMS[3], 20, 20, device="meta")
+    assert m.spatial.cmams[3](s4, words, None)[0].shape == s4.shape
+    assert tuple(m.decoder.proj_s[1](s4).shape) == (2, W, 20, 20)
+    assert tuple(m.decoder.proj_t[1](out3[:, :, 1]).shape) == (2, W, 20, 20)
+    fused = torch.empty(2, 2 * W, 20, 20, device="meta")
+    assert tuple(m.decoder.fuse2[0](fused).shape) == (2, W, 20, 20)
+    assert tuple(m.decoder.heads[1](fused[:, :W]).shape) == (2, 1, 20, 20)
     out = m(clip, tok["input_ids"].to("meta"), tok["attention_mask"].to("meta"))
     assert tuple(out.logits.shape) == (2, 1, 320, 320)
     assert [tuple(a.shape) for a in out.aux_logits] == [(2, 1, s, s) for s in (10, 20, 40, 80, 160)]
