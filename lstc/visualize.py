@@ -3,7 +3,8 @@
 No MLflow here: the callers log the returned arrays / written files.
 
 * :func:`overlay` — the frame with the predicted mask tinted (alpha blend), the ground-truth
-  contour drawn on top, and a caption band below with the expression and the IoU.
+  contour drawn on top, and a caption band below with the expression, the IoU and a legend
+  (a :data:`PRED_COLOR` swatch "prediction", a :data:`GT_COLOR` outline "ground truth").
 * :func:`overlay_grid` — tiles overlays (of possibly different sizes) into one image.
 * :func:`plot_curves` — one panel per metric history, saved as a PNG (matplotlib Agg, no pyplot
   state, safe in worker processes).
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["PRED_COLOR", "GT_COLOR", "overlay", "overlay_grid", "plot_curves"]
+__all__ = ["PRED_COLOR", "GT_COLOR", "legend", "overlay", "overlay_grid", "plot_curves"]
 
 #: Tint of the predicted mask (RGB).
 PRED_COLOR: tuple[int, int, int] = (255, 40, 40)
@@ -81,6 +82,39 @@ def _caption(text: str, width: int) -> np.ndarray:
     return np.asarray(band, dtype=np.uint8)
 
 
+def legend(width: int, *, ground_truth: bool) -> np.ndarray:
+    """A dark band ``[h, width, 3]``: a filled :data:`PRED_COLOR` swatch labelled "prediction"
+    and, when ``ground_truth``, a :data:`GT_COLOR` outline labelled "ground truth" (on a second
+    row when the first is too narrow for both)."""
+    size = int(min(max(round(width / 28), 11), 28))
+    font = _font(size)
+    pad = max(2, size // 3)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    items = [("prediction", True)] + ([("ground truth", False)] if ground_truth else [])
+    rows: list[list[tuple[str, bool, int]]] = [[]]
+    x = pad
+    for label, filled in items:
+        item_w = size + pad + int(probe.textlength(label, font=font))
+        if rows[-1] and x + item_w > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((label, filled, x))
+        x += item_w + 3 * pad
+    line_h = size + pad
+    band = Image.new("RGB", (width, pad + line_h * len(rows)), _CAPTION_BG)
+    draw = ImageDraw.Draw(band)
+    for r, row in enumerate(rows):
+        y = pad + r * line_h
+        for label, filled, x in row:
+            box = (x, y, x + size - 1, y + size - 1)
+            if filled:
+                draw.rectangle(box, fill=PRED_COLOR)
+            else:
+                draw.rectangle(box, outline=GT_COLOR, width=max(1, size // 6))
+            draw.text((x + size + pad, y), label, fill=_CAPTION_FG, font=font)
+    return np.asarray(band, dtype=np.uint8)
+
+
 def overlay(
     frame_uint8: np.ndarray,
     pred_mask: Any,
@@ -89,6 +123,7 @@ def overlay(
     *,
     alpha: float = 0.45,
     show_iou: bool = True,
+    show_legend: bool = True,
 ) -> np.ndarray:
     """Draw a prediction (and its ground truth) on a frame.
 
@@ -96,8 +131,9 @@ def overlay(
     ``out = (1 - alpha) · frame + alpha · colour`` inside ``pred``; the ground-truth inner contour
     (``max(1, round(min(H, W) / 160))`` px wide) is painted :data:`GT_COLOR`. When ``text`` is
     given or a ground truth is present, a caption band is appended **below** the frame with the
-    expression and ``IoU = |P ∩ G| / |P ∪ G|`` (1 when both are empty), so the output is
-    ``[H + h_caption, W, 3]`` uint8 (exactly ``[H, W, 3]`` without caption).
+    expression and ``IoU = |P ∩ G| / |P ∪ G|`` (1 when both are empty), followed by the
+    :func:`legend` of the colours, so the output is ``[H + h_caption + h_legend, W, 3]`` uint8
+    (exactly ``[H, W, 3]`` without caption).
 
     Args:
         frame_uint8: RGB frame ``[H, W, 3]`` uint8 (a ``[H, W]`` grey frame is accepted).
@@ -107,6 +143,7 @@ def overlay(
         text: optional caption (the referring expression).
         alpha: tint strength in ``[0, 1]``.
         show_iou: add ``IoU`` to the caption when ``gt_mask`` is given.
+        show_legend: add the colour legend below the caption.
     """
     frame = np.asarray(frame_uint8)
     if frame.ndim == 2:
@@ -136,7 +173,10 @@ def overlay(
             parts.append(f"IoU {iou:.3f}")
     if not parts:
         return out
-    return np.concatenate([out, _caption("  |  ".join(parts), w)], axis=0)
+    bands = [out, _caption("  |  ".join(parts), w)]
+    if show_legend:
+        bands.append(legend(w, ground_truth=gt_mask is not None))
+    return np.concatenate(bands, axis=0)
 
 
 def overlay_grid(

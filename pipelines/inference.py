@@ -27,6 +27,7 @@ different numbers of batches cannot hang.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -104,8 +105,11 @@ def _orig_sizes(batch: Mapping[str, Any], n: int) -> list[tuple[int, int]]:
     return out
 
 
-def forward_logits(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-    """Target-frame mask logits ``[B,1,H,W]`` at the model's input size (no grad)."""
+def forward_logits(model: Any, batch: Mapping[str, Any], *, amp: bool = False) -> torch.Tensor:
+    """Target-frame mask logits ``[B,1,H,W]`` (float32) at the model's input size (no grad).
+
+    ``amp``: run the forward under bf16 autocast when the model is on CUDA (``lstc predict``);
+    ignored on CPU, where results stay bit-exact float32."""
     import torch
 
     core = unwrap(model)
@@ -117,7 +121,12 @@ def forward_logits(model: Any, batch: Mapping[str, Any]) -> torch.Tensor:
     texts = list(batch["text"])
     tokens = core.tokenizer(texts)
     tokens = {k: v.to(device) for k, v in tokens.items()}
-    with torch.no_grad():
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if amp and device.type == "cuda"
+        else contextlib.nullcontext()
+    )
+    with torch.no_grad(), autocast:
         out = core(clip, tokens["input_ids"], tokens["attention_mask"])
     logits = out.logits if hasattr(out, "logits") else out
     return logits.float()
@@ -128,15 +137,17 @@ def predict(
     batch: Mapping[str, Any],
     *,
     threshold: float = 0.5,
+    amp: bool = False,
     rule: str = "absolute",
     keep_prob: bool = False,
 ) -> list[Prediction]:
     """Masks (bool, original size) and scores for every sample of a collated batch
-    (``rule``: see :func:`binarize`; ``keep_prob``: also return the probability maps)."""
+    (``amp``: bf16 autocast on CUDA, see :func:`forward_logits`; ``rule``: see
+    :func:`binarize`; ``keep_prob``: also return the probability maps)."""
     import torch
     import torch.nn.functional as F
 
-    logits = forward_logits(model, batch)
+    logits = forward_logits(model, batch, amp=amp)
     sizes = _orig_sizes(batch, logits.shape[0])
     preds: list[Prediction] = []
     with torch.no_grad():

@@ -25,13 +25,14 @@ FORBIDDEN_TOP = {
 
 #: layers inside ``pipelines``: a module may import modules of a lower layer, or of its own
 #: layer only inside the same sub-package (so ``train`` and ``eval`` never import each other)
-PIPELINE_LAYERS: dict[str, int] = {
+PIPELINE_LAYERS: dict[str, float] = {
     "pipelines.config": 0,
     "pipelines.ray_setup": 0,
     "pipelines.jobs": 1,
     "pipelines.data": 1,
     "pipelines.checkpoint": 1,
     "pipelines.inference": 2,
+    "pipelines.predict": 2.5,  # video prediction on top of inference, used by mlops serving
     "pipelines.mlops": 3,
     "pipelines.train": 4,
     "pipelines.eval": 4,
@@ -112,7 +113,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def layer_of(mod: str) -> tuple[str, int] | None:
+def layer_of(mod: str) -> tuple[str, float] | None:
     for prefix, layer in PIPELINE_LAYERS.items():
         if mod == prefix or mod.startswith(prefix + "."):
             return prefix, layer

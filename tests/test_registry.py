@@ -138,10 +138,13 @@ def test_load_by_alias_and_predict(served_model):
 
     pyfunc = load_pyfunc(model_uri, tracking_uri=uri)
     out = pyfunc.predict(
-        pd.DataFrame({"video": ["example", "example"], "expression": ["a square", "the square"]})
+        pd.DataFrame(
+            {"video": ["example", "example"], "expression": ["a square", "the square"]}
+        ).assign(frames=["4:6", "5:6"])
     )
-    assert list(out.columns) == ["mask_png", "height", "width", "score", "area"]
-    assert out["height"].tolist() == [48, 48] and out["width"].tolist() == [64, 64]
+    assert list(out.columns) == ["row", "frame", "mask_png", "height", "width", "score", "area"]
+    assert out["row"].tolist() == [0, 0, 1] and out["frame"].tolist() == [4, 5, 5]
+    assert out["height"].tolist() == [48] * 3 and out["width"].tolist() == [64] * 3
     mask = decode_mask_png(out["mask_png"][0])
     assert mask.shape == (48, 64) and mask.dtype == bool
     assert int(mask.sum()) == int(out["area"][0])
@@ -194,7 +197,7 @@ def test_pyfunc_matches_predict_masks_on_a_frame_folder(served_model, tmp_path):
 def test_bad_target_frame_is_a_clear_error(served_model):
     model_uri, recipe, model, uri = served_model
     pyfunc = load_pyfunc(model_uri, tracking_uri=uri)
-    with pytest.raises(Exception, match="target_frame 99 is outside the 10 frames"):
+    with pytest.raises(Exception, match="frame range '99:100' is outside the video's 10 frames"):
         pyfunc.predict(
             pd.DataFrame({"video": ["example"], "expression": ["x"], "target_frame": [99]})
         )

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.cli.eval",
         "evaluate a registered model or checkpoint on shards (metrics, MLflow, submission)",
     ),
+    "predict": (
+        "pipelines.cli.predict",
+        "segment the object a sentence refers to in every frame of a video (masks, overlay)",
+    ),
     "runs": (
         "pipelines.cli.runs",
         "list and compare MLflow runs: params and final metrics table, overlaid metric curves",

