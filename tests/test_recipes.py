@@ -86,6 +86,41 @@ def test_heldout_fraction_out_of_range_is_refused(bad, tmp_path, capsys):
     assert f"--heldout-fraction {bad} is not valid" in err and "(0, 1)" in err
 
 
+# ----------------------------------------------------------------------------- lstc eval --config
+
+
+def test_eval_recipe_supplies_the_eval_options():
+    from pipelines.cli.eval import recipe_defaults
+    from pipelines.config import load_recipe
+
+    got = recipe_defaults(load_recipe(REPO / "configs/davis_eval.yaml", ["eval.threshold=0.4"]))
+    assert got == {
+        "model": "models:/lstc-ytvos@champion",  # registry.model_name of davis_eval.yaml
+        "data": "data/davis/shards",
+        "split": "valid",
+        "batch_size": 8,  # data.eval_batch_size of its base a2d_paper.yaml
+        "threshold": 0.4,
+        "threshold_rule": "absolute",
+        "experiment": "lstc-davis",
+        "tracking_uri": None,
+    }
+
+
+def test_eval_flags_win_over_the_recipe_and_errors_say_what_to_do(tmp_path, capsys):
+    from pipelines.cli import main
+
+    # a flag beats the recipe: the missing model folder named on the command line is reported
+    absent = tmp_path / "no_such_checkpoint"
+    rc = main(["eval", "--config", "configs/jhmdb_eval.yaml", "--model", str(absent)])
+    assert rc == 2 and str(absent) in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path)]) == 2
+    assert "--model required (or --config RECIPE" in capsys.readouterr().err
+    assert main(["eval", "--model", str(absent), "data.root=x"]) == 2
+    assert "overrides need --config" in capsys.readouterr().err
+    assert main(["eval", "--config", "configs/jhmdb_eval.yaml", "data.rooot=x"]) == 2
+    assert "unknown key 'data.rooot'" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------- documented commands
 
 
