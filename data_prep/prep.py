@@ -1,12 +1,13 @@
 """``lstc prep``: benchmark files → Parquet shards + manifest + rejects, as a Ray Data job.
 
-Flow: the driver indexes the benchmark with its reader (metadata only, no pixels), groups
-samples into clips (one per video × target frame) and clips into shards by a deterministic
-assignment (split, then video id and target frame, chunks of ``clips_per_shard``). Shards
-that a previous run finished — progress record present, same plan hash, file checksum
-matching — are skipped. The remaining shard plans stream through a Ray Data ``map`` whose
-tasks decode, resize, encode and write their shard (:mod:`data_prep.shard_writer`); the
-driver only receives small records, so memory stays bounded whatever the dataset size.
+Flow: the benchmark is indexed with its reader (metadata only, no pixels; on a cluster in a Ray
+task kept off the head, :mod:`data_prep.placement`); samples are grouped into clips (one per
+video × target frame) and clips into shards by a deterministic assignment (split, then video
+id and target frame, chunks of ``clips_per_shard``). Shards that a previous run finished —
+progress record present, same plan hash, file checksum matching — are skipped. The remaining
+shard plans stream through a Ray Data ``map`` whose tasks decode, resize, encode and write
+their shard (:mod:`data_prep.shard_writer`); the driver only receives small records, so
+memory stays bounded whatever the dataset size.
 Finally ``rejects.parquet`` and ``manifest.json`` are written atomically. Output bytes are a
 function of the input and the config only: a killed-and-rerun job equals an uninterrupted one.
 
@@ -346,27 +347,65 @@ def _run_shards(
     return records, cpu_s
 
 
+def build_plans(
+    cfg: PrepConfig, reader: Any, root: str
+) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """The work list: the reader's index (annotations, video listing; metadata only) turned
+    into shard plans, and the reader's own rejects."""
+    split_index = reader.units()
+    if split_index is None:  # the whole index here (metadata only)
+        samples, reader_rejects = reader.read()
+        if cfg.heldout is not None:
+            samples = assign_samples(samples, cfg.heldout)
+        if cfg.splits:
+            samples = [s for s in samples if s.split in cfg.splits]
+        return plan_shards(build_clips(samples), cfg, root), reader_rejects
+    # cheap pass here, the expensive part of the index inside the shard tasks
+    reader_rejects, units = split_index
+    if cfg.heldout is not None:
+        units = assign_units(units, cfg.heldout)
+    if cfg.splits:
+        units = [u for u in units if u.split in cfg.splits]
+    return plan_unit_shards(units, cfg, root), reader_rejects
+
+
+def _index_task(cfg: PrepConfig, reader: Any, root: str) -> dict[str, Any]:
+    """:func:`build_plans` inside a Ray task; an error comes back as a value (re-raised by the
+    driver as itself, without Ray's remote traceback around its message)."""
+    from data_prep.placement import where_am_i
+
+    try:
+        plans, rejects = build_plans(cfg, reader, root)
+    except Exception as exc:  # noqa: BLE001 - handed to the driver
+        return {"error": exc, "where": where_am_i()}
+    return {"plans": plans, "rejects": rejects, "where": where_am_i()}
+
+
+def _index(cfg: PrepConfig, reader: Any, root: str) -> tuple[list[dict[str, Any]], list[Reject]]:
+    """Build the work list: in a Ray task off the head on a cluster (``--address`` or
+    ``RAY_ADDRESS``, :mod:`data_prep.placement`), in this process otherwise. The task's node is printed (``prep: indexed ... on node <ip> (<id>)``)."""
+    from data_prep.placement import describe_node, off_head_options, on_a_cluster
+
+    if not on_a_cluster(cfg.address):
+        return build_plans(cfg, reader, root)
+    import ray
+
+    _init_ray(cfg)
+    task = ray.remote(num_cpus=1, max_retries=2)(_index_task)
+    out = ray.get(task.options(**off_head_options()).remote(cfg, reader, root))
+    print(f"prep: indexed {cfg.dataset} in a Ray task on {describe_node(out['where'])}", flush=True)
+    if "error" in out:
+        raise out["error"]
+    return out["plans"], out["rejects"]
+
+
 def run_prep(cfg: PrepConfig) -> PrepSummary:
     """Run the whole job. Raises ``DatasetRootError`` before any work on a wrong (or URI)
     root, :class:`PrepStorageError` when the output store cannot be read or written."""
     start = time.perf_counter()
     reader = get_reader(cfg.dataset, _local_root(cfg.root))
     root = str(reader.root)
-    split_index = reader.units()
-    if split_index is None:  # the whole index in the driver (metadata only)
-        samples, reader_rejects = reader.read()
-        if cfg.heldout is not None:
-            samples = assign_samples(samples, cfg.heldout)
-        if cfg.splits:
-            samples = [s for s in samples if s.split in cfg.splits]
-        plans = plan_shards(build_clips(samples), cfg, root)
-    else:  # cheap pass here, the expensive part of the index inside the shard tasks
-        reader_rejects, units = split_index
-        if cfg.heldout is not None:
-            units = assign_units(units, cfg.heldout)
-        if cfg.splits:
-            units = [u for u in units if u.split in cfg.splits]
-        plans = plan_unit_shards(units, cfg, root)
+    plans, reader_rejects = _index(cfg, reader, root)
     try:
         return _write_dataset(cfg, reader, root, plans, reader_rejects, start)
     except PrepStorageError:

@@ -9,8 +9,11 @@ callback class then travels to the workers by value.
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipelines.train.callbacks import WorkerCallback
 
@@ -52,3 +55,31 @@ class FailOnce(WorkerCallback):
         except FileExistsError:
             return  # fired already: this is the retry
         raise InjectedFault(f"injected fault: rank {rank}, epoch {epoch}, step {step}")
+
+
+@dataclass(frozen=True)
+class PauseOnce(WorkerCallback):
+    """Every rank, at the end of ``epoch`` (after its checkpoint report), creates
+    ``<folder>/paused-rank<r>`` exclusively and waits until ``<folder>/release`` exists (at
+    most ``timeout_s``, then :class:`InjectedFault`); once per run: a rank whose file exists
+    already (the retry) goes on. The run stands still at a known point while the test acts
+    on it (e.g. kills a node); the test polls the files, never a sleep."""
+
+    epoch: int
+    folder: str
+    timeout_s: float = 600.0
+
+    def on_epoch_end(self, epoch: int, rank: int, run_dir: str, metrics: Mapping[str, Any]) -> None:
+        if epoch != self.epoch:
+            return
+        folder = Path(self.folder)
+        try:
+            with open(folder / f"paused-rank{rank}", "x", encoding="utf-8") as fh:
+                fh.write(f"rank {rank} paused after epoch {epoch}\n")
+        except FileExistsError:
+            return  # paused once already: this is the retry
+        deadline = time.monotonic() + self.timeout_s
+        while not (folder / "release").exists():
+            if time.monotonic() > deadline:
+                raise InjectedFault(f"rank {rank}: not released within {self.timeout_s} s")
+            time.sleep(0.2)

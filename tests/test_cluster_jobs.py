@@ -10,12 +10,13 @@ tracking store is refused there before any worker starts.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from local_cluster import LocalCluster, cluster_env
+from local_cluster import LocalCluster, cluster_env, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -157,14 +158,21 @@ def test_train_with_a_file_tracking_store_is_refused_before_any_worker_starts(cl
 # ------------------------------------------- training across two nodes on object storage
 
 BUCKET = "lstc-cluster"
+#: the tiny recipe as every two-node run here trains it (one worker per node, 2 epochs, no
+#: train cache: a killed node must not take cached blocks with it); the runs differ only in
+#: name, registration and max_failures, so their final weights must be bit-identical
+TRAIN_ARGS = (
+    "--config", "configs/refer_shapes_tiny.yaml", "train.epochs=2",
+    "train.placement_strategy=STRICT_SPREAD", "data.cache_train=false",
+    "tracking.num_overlays=0", "tracking.system_metrics=false",
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def s3():
     from local_cluster import S3Server
 
-    server = S3Server()
-    server.create_bucket(BUCKET)
+    server = S3Server(BUCKET)
     yield server
     server.stop()
 
@@ -206,54 +214,105 @@ def tracking_server(s3, tmp_path_factory):
         yield uri
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # a loaded machine: gunicorn drains slowly
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         log.close()
 
 
-def test_two_node_training_on_s3_with_a_tracking_server(
-    cluster, s3, tracking_server, tmp_path, monkeypatch
-):
-    """`lstc submit prep` writes the tiny shards to S3, `lstc submit train` trains on them with
-    one Ray Train worker per node (STRICT_SPREAD over the head and node1), storage on S3 and
-    MLflow on a tracking server: rank 0's checkpoints, whatever node it ran on, reach the
-    bucket through Ray; the driver's best/last copies, the summary and the journal are
-    objects there; the run and the registered champion are on the server, with the model's
-    artifacts in the bucket."""
+@pytest.fixture(scope="module")
+def job_env(s3, tracking_server):
+    """The environment of `lstc submit` (forwarded to the jobs) and of this process (which
+    reads the bucket through the same AWS_* variables)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in s3.env().items():
+            mp.setenv(k, v)
+        yield cluster_env({**s3.env(), "MLFLOW_TRACKING_URI": tracking_server})
+
+
+def node_line(stdout: str, prefix: str) -> tuple[str, str]:
+    """``(ip, node id)`` of the line ``<prefix> node <ip> (<id>)`` a command printed."""
+    import re
+
+    m = re.search(re.escape(prefix) + r" node (\S+) \(([0-9a-f]+)\)", stdout)
+    assert m, f"no {prefix!r} line in:\n{stdout[-3000:]}"
+    return m.group(1), m.group(2)
+
+
+def weights(where) -> dict:
+    from pipelines.checkpoint import load_model_state, local_checkpoint
+
+    with local_checkpoint(where) as d:
+        return load_model_state(d)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+def events_of(run_dir: str, name: str, field: str) -> list:
+    from pipelines.train.loop import read_events
+
+    return [e[field] for e in read_events(run_dir) if e["event"] == name]
+
+
+@pytest.fixture(scope="module")
+def two_node_run(cluster, s3, tracking_server, job_env, tmp_path_factory):
+    """`lstc submit prep` of the tiny benchmark to S3, then `lstc submit train` of
+    :data:`TRAIN_ARGS` (run ``two-nodes``, registered): the reference run of this module."""
+    from data_prep.synthetic import config_for, generate
+
+    source = tmp_path_factory.mktemp("cluster-source") / "source"
+    generate(source, config_for("tiny", seed=0))
+    shards, runs = f"s3://{BUCKET}/shards", f"s3://{BUCKET}/runs"
+    node1 = cluster.node("node1")
+    node1_id = cluster.node_id(node1)
+    prep = lstc(
+        "submit", "--address", cluster.jobs_address, "prep", "--dataset", "refer_shapes",
+        "--root", str(source), "--out", shards, "--frames", "4", "--stride", "2",
+        "--size", "64", "64", "--clips-per-shard", "8", "--no-progress", env=job_env,
+    )  # fmt: skip
+    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-2000:]
+    train = lstc(
+        "submit", "--address", cluster.jobs_address, "train", *TRAIN_ARGS,
+        f"data.root={shards}", f"train.storage_path={runs}", "train.run_name=two-nodes",
+        "registry.model_name=lstc-two-nodes", env=job_env,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stdout[-4000:] + train.stderr[-2000:]
+    return {
+        "shards": shards,
+        "runs": runs,
+        "run_dir": f"{runs}/two-nodes",
+        "prep": prep,
+        "train": train,
+        "node1": (node1.ip, node1_id),
+    }
+
+
+def test_two_node_training_on_s3_with_a_tracking_server(cluster, two_node_run, tracking_server):
+    """`lstc submit train` with one Ray Train worker per node (STRICT_SPREAD over the head and
+    node1), storage on S3 and MLflow on a tracking server: rank 0's checkpoints, whatever node
+    it ran on, reach the bucket through Ray; the driver's best/last copies, the summary and the
+    journal are objects there; the run and the registered champion are on the server, with the
+    model's artifacts in the bucket."""
     from mlflow import MlflowClient
 
     from data_prep.storage import list_files, read_bytes
-    from data_prep.synthetic import config_for, generate
     from pipelines.checkpoint import is_checkpoint, load_metrics
-
-    for k, v in s3.env().items():  # this process reads the bucket through the same env
-        monkeypatch.setenv(k, v)
-    generate(tmp_path / "source", config_for("tiny", seed=0))
-    env = cluster_env({**s3.env(), "MLFLOW_TRACKING_URI": tracking_server})
-    shards, runs = f"s3://{BUCKET}/shards", f"s3://{BUCKET}/runs"
-    prep = lstc(
-        "submit", "--address", cluster.jobs_address, "prep", "--dataset", "refer_shapes",
-        "--root", str(tmp_path / "source"), "--out", shards, "--frames", "4", "--stride", "2",
-        "--size", "64", "64", "--clips-per-shard", "8", "--no-progress", env=env,
-    )  # fmt: skip
-    assert prep.returncode == 0, prep.stdout[-3000:] + prep.stderr[-2000:]
-    r = lstc(
-        "submit", "--address", cluster.jobs_address, "train",
-        "--config", "configs/refer_shapes_tiny.yaml", f"data.root={shards}",
-        f"train.storage_path={runs}", "train.run_name=two-nodes", "train.epochs=1",
-        "train.placement_strategy=STRICT_SPREAD", "tracking.num_overlays=0",
-        "tracking.system_metrics=false", "registry.model_name=lstc-two-nodes", env=env,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
     actors = cluster._get("/api/v0/actors?detail=true&limit=1000")["data"]["result"]["result"]
     workers = [a for a in actors if a.get("class_name") == "RayTrainWorker"]
     assert len({a["node_id"] for a in workers}) == 2, workers  # one worker per node
 
-    run_dir = f"{runs}/two-nodes"
+    run_dir = two_node_run["run_dir"]
     names = list_files(run_dir)
     assert "summary.json" in names and "checkpoint_manager_snapshot.json" in names, names
-    assert [n for n in names if n.startswith("events/")]
-    for ckpt in ("checkpoint_epoch_0001", "best", "last"):
+    assert events_of(run_dir, "epoch_start", "epoch") == [1, 2]
+    for ckpt in ("checkpoint_epoch_0001", "checkpoint_epoch_0002", "best", "last"):
         assert is_checkpoint(f"{run_dir}/{ckpt}"), ckpt
     summary = json.loads(read_bytes(f"{run_dir}/summary.json"))
     assert summary["best_checkpoint"] == f"{run_dir}/best"
@@ -263,8 +322,167 @@ def test_two_node_training_on_s3_with_a_tracking_server(
     assert run.info.status == "FINISHED"
     assert run.data.tags["lstc.run_dir"] == run_dir and run.data.tags["ray.nodes"] == "2"
     hist = client.get_metric_history(run.info.run_id, "val/mean_iou")
-    assert [m.step for m in hist] == [1]
-    assert hist[0].value == pytest.approx(load_metrics(f"{run_dir}/best")["val/mean_iou"])
+    assert [m.step for m in hist] == [1, 2]
+    best_epoch = int(run.data.tags["lstc.best_epoch"])
+    assert hist[best_epoch - 1].value == pytest.approx(
+        load_metrics(f"{run_dir}/best")["val/mean_iou"]
+    )
     mv = client.get_model_version_by_alias("lstc-two-nodes", "champion")
     assert mv.run_id == run.info.run_id
     assert [n for n in list_files(f"s3://{BUCKET}/mlartifacts") if n.endswith("model.pt")]
+
+
+def test_prep_indexing_ran_in_a_task_on_the_worker_node(two_node_run):
+    """The benchmark's index (annotations, video listing) was built in a Ray task that the
+    head (1 CPU, enough for it) did not get: it ran on node1."""
+    stdout = two_node_run["prep"].stdout
+    assert node_line(stdout, "prep: indexed refer_shapes in a Ray task on") == two_node_run["node1"]
+
+
+def test_submit_eval_reproduces_the_logged_validation_metrics(
+    cluster, two_node_run, tracking_server, job_env
+):
+    """`lstc submit eval` of the run's best checkpoint on the S3 shards: the scoring runs in a
+    Ray task on node1 (not on the head, where the job's driver is), and its metrics equal the
+    validation metrics the training run logged to the tracking server for that epoch."""
+    from mlflow import MlflowClient
+
+    from data_prep.storage import read_bytes
+    from pipelines.mlops.tracking import metric_key
+
+    run_dir = two_node_run["run_dir"]
+    out = f"s3://{BUCKET}/eval/best.json"
+    r = lstc(
+        "submit", "--address", cluster.jobs_address,
+        "--entrypoint-resources", json.dumps({"head": 0.01}),
+        "eval", "--model", f"{run_dir}/best", "--data", two_node_run["shards"],
+        "--output", out, env=job_env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert node_line(r.stdout, "lstc eval: scored in a Ray task on") == two_node_run["node1"]
+    evaluated = json.loads(read_bytes(out))
+    summary = json.loads(read_bytes(f"{run_dir}/summary.json"))
+    client = MlflowClient(tracking_uri=tracking_server)
+    run = client.get_run(summary["mlflow_run_id"])
+    best_epoch = int(run.data.tags["lstc.best_epoch"])
+    checked = 0
+    for name in ("overall_iou", "mean_iou", "P@0.5", "P@0.9", "mAP@0.5:0.95", "J&F"):
+        logged = {
+            m.step: m.value
+            for m in client.get_metric_history(run.info.run_id, f"val/{metric_key(name)}")
+        }
+        assert evaluated[name] == pytest.approx(logged[best_epoch], abs=1e-6), name
+        checked += 1
+    assert checked == 6 and evaluated["num_samples"] == summary["best_metrics"]["val/num_samples"]
+
+
+def test_storage_failure_during_a_checkpoint_upload_resumes_from_the_last_complete_one(
+    cluster, s3, two_node_run, job_env
+):
+    """The S3 server stops on the PUT of epoch 2's model.pt (rank 0's upload through Ray, on
+    whichever node rank 0 runs): the job fails (``train.max_failures=0``); epoch 2 was never
+    recorded by Ray and what reached the bucket is not a complete checkpoint (no
+    ``_COMPLETE`` marker that matches), no best/last copy was made. With the server back, the
+    same command resumes from epoch 1 and ends with the reference run's weights."""
+    from pipelines.checkpoint import checkpoint_problem
+    from pipelines.train.resume import latest_checkpoint
+
+    name = "two-nodes-s3fault"
+    run_dir = f"{two_node_run['runs']}/{name}"
+    cmd = (
+        "submit", "--address", cluster.jobs_address, "train", *TRAIN_ARGS,
+        f"data.root={two_node_run['shards']}", f"train.storage_path={two_node_run['runs']}",
+        f"train.run_name={name}", "train.max_failures=0", "registry.register=false",
+    )  # fmt: skip
+    s3.stopped_at = None
+    s3.stop_on_write = f"runs/{name}/checkpoint_epoch_0002/model.pt"
+    try:
+        failed = lstc(*cmd, env=job_env)
+    finally:
+        stopped_at = s3.stopped_at
+        s3.restart_if_stopped()
+    assert stopped_at == f"runs/{name}/checkpoint_epoch_0002/model.pt", failed.stdout[-3000:]
+    assert failed.returncode == 1 and "FAILED" in failed.stderr, failed.stdout[-3000:]
+    assert latest_checkpoint(run_dir)[0] == 1
+    assert checkpoint_problem(f"{run_dir}/checkpoint_epoch_0002") is not None
+    from data_prep.storage import list_files
+
+    assert not {"best", "last"} & {n.split("/")[0] for n in list_files(run_dir)}
+
+    again = lstc(*cmd, env=job_env)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    ckpt1 = f"{run_dir}/checkpoint_epoch_0001"
+    assert f"resuming run {name} from epoch 1 checkpoint {ckpt1}" in again.stdout, again.stdout
+    assert events_of(run_dir, "epoch_start", "epoch") == [1, 2, 2]  # epoch 2 failed, redone
+    assert_same_weights(weights(f"{run_dir}/last"), weights(f"{two_node_run['run_dir']}/last"))
+
+
+def test_node_failure_mid_training_resumes_once_capacity_is_back(
+    cluster, two_node_run, job_env, tmp_path
+):
+    """Training with one worker per node; both ranks pause after epoch 1's checkpoint is
+    reported (:class:`faults.PauseOnce`); once Ray has recorded it, node1 dies (its whole
+    process group SIGKILLed: raylet, object store, the worker). The job's driver (and the Ray
+    Train controller, which Ray pins to the driver's node) is on the head and lives on: the
+    controller retries (``train.max_failures``) and waits for the placement group of two
+    workers, which one node cannot hold (STRICT_SPREAD). The test starts a fresh node1 with
+    the same resources; the job then resumes from epoch 1's checkpoint on it and finishes
+    with the reference run's weights."""
+    import shlex
+
+    from pipelines.jobs import JobSpec, build_runtime_env, client, wait
+    from pipelines.train.resume import latest_checkpoint
+
+    name = "two-nodes-nodefail"
+    run_dir = f"{two_node_run['runs']}/{name}"
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    overrides = [
+        *TRAIN_ARGS[2:], f"data.root={two_node_run['shards']}",
+        f"train.storage_path={two_node_run['runs']}", f"train.run_name={name}",
+        "train.max_failures=2", "registry.register=false",
+    ]  # fmt: skip
+    entrypoint = shlex.join(
+        ["python", "tests/cluster_train_job.py", "--pause-epoch", "1", "--pause-dir", str(pause),
+         TRAIN_ARGS[1], *overrides]
+    )  # fmt: skip
+    jobs = client(cluster.jobs_address)
+    job = jobs.submit_job(
+        entrypoint=entrypoint,
+        runtime_env=build_runtime_env(JobSpec(args=("train",)), environ=job_env),
+        entrypoint_resources={"head": 0.01},  # the driver on the head, which stays up
+    )
+
+    def finished() -> bool:
+        return str(jobs.get_job_status(job).value) in ("SUCCEEDED", "FAILED", "STOPPED")
+
+    def logs() -> str:
+        return jobs.get_job_logs(job)[-4000:]
+
+    both = [pause / f"paused-rank{r}" for r in (0, 1)]
+    wait_until(lambda: all(p.exists() for p in both) or finished(), "both ranks to pause", 600)
+    assert not finished(), logs()
+    wait_until(lambda: (latest_checkpoint(run_dir) or (0,))[0] == 1, "Ray to record epoch 1", 120)
+    node1 = cluster.node("node1")
+    node1.kill(signal.SIGKILL)
+    assert not node1.alive()
+    wait_until(lambda: cluster.node_id(node1) is None, "the GCS to see node1 dead", 120)
+
+    def waiting_for_capacity() -> bool:
+        rows = cluster._get("/api/v0/placement_groups?detail=true&limit=100")
+        states = [p["state"] for p in rows["data"]["result"]["result"]]
+        return any(st in ("PENDING", "RESCHEDULING") for st in states) or finished()
+
+    wait_until(waiting_for_capacity, "the controller to wait for a placement group", 180)
+    assert not finished(), logs()
+    fresh = cluster.add_node("node1", num_cpus=2)
+    assert wait(job, address=cluster.jobs_address, timeout_s=600) == "SUCCEEDED", logs()
+
+    assert events_of(run_dir, "attempt_start", "start_epoch") == [1, 2]
+    assert events_of(run_dir, "epoch_start", "epoch") == [1, 2]
+    fresh_id = cluster.node_id(fresh)
+    actors = cluster._get("/api/v0/actors?detail=true&limit=1000")["data"]["result"]["result"]
+    assert any(
+        a.get("class_name") == "RayTrainWorker" and a["node_id"] == fresh_id for a in actors
+    ), "no training worker ran on the fresh node"
+    assert_same_weights(weights(f"{run_dir}/last"), weights(f"{two_node_run['run_dir']}/last"))

@@ -1,10 +1,10 @@
 """`lstc prep` onto object storage and the shard readers from it, against a real S3 server.
 
-The server is moto's S3 application (the real S3 protocol over HTTP on 127.0.0.1) served by
-werkzeug behind a small WSGI middleware that can inject storage failures: answer a PUT of
-one key with 403 AccessDenied (an unwritable bucket), or stop the whole server when a key is
-PUT (the listening socket closes; requests on connections still open get 503) and start it
-again on the same port (moto keeps its objects in the process). pyarrow's S3 client reaches
+The server is moto's S3 application (the real S3 protocol over HTTP on 127.0.0.1) behind the
+fault-injecting WSGI layer of ``tests/local_cluster.S3Server``: answer a PUT of one key with
+403 AccessDenied (an unwritable bucket), or stop the whole server when a key is PUT (the
+listening socket closes; requests on connections still open get 503) and start it again on
+the same port (moto keeps its objects in the process). pyarrow's S3 client reaches
 it through the URI query (``endpoint_override``/``scheme``/``region``) with the credentials
 in the URI, so the Ray workers of the session's instance (started before this module) need no
 environment; :func:`test_endpoint_and_credentials_from_the_environment` checks the other way,
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import TINY_SHARDS_FRAMES, TINY_SHARDS_SIZE, TINY_SHARDS_STRIDE, free_port
+from conftest import TINY_SHARDS_FRAMES, TINY_SHARDS_SIZE, TINY_SHARDS_STRIDE
+from local_cluster import S3Server
 
 from data_prep.clipspec import ClipSpec
 from data_prep.prep import PrepConfig, PrepStorageError, run_prep
@@ -44,7 +44,6 @@ from data_prep.storage import (
     join,
     list_files,
     read_bytes,
-    resolve,
     write_bytes,
 )
 from pipelines.cli import main as cli_main
@@ -59,106 +58,9 @@ TINY_CLIP = ClipSpec(
 TINY_CLIPS_PER_SHARD = 8  # as the tiny_shards fixture
 
 
-class FaultyS3:
-    """moto's S3 app on 127.0.0.1 behind a fault-injecting WSGI middleware.
-
-    ``deny_put``: object keys (``prefix/rel``) whose PUT is answered 403 AccessDenied.
-    ``stop_on_put``: an object key whose PUT stops the server (answered 503; afterwards new
-    connections are refused and open ones get 503) until :meth:`start` is called again.
-    """
-
-    def __init__(self) -> None:
-        from moto.server import DomainDispatcherApplication, create_backend_app
-
-        self.port = free_port()
-        self.deny_put: set[str] = set()
-        self.stop_on_put: str | None = None
-        self.puts: list[str] = []  # keys PUT successfully or not, in arrival order
-        self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._down = threading.Event()
-        self.start()
-        fs, _ = resolve(self.uri("", allow_bucket_creation="true"))
-        fs.create_dir(BUCKET)
-
-    # ----------------------------------------------------------------- server lifecycle
-
-    def start(self) -> None:
-        """Serve (again) on :attr:`port`."""
-        from moto.server import MotoRequestHandler
-        from werkzeug.serving import make_server
-
-        class Quiet(MotoRequestHandler):
-            def log_request(self, *args: object, **kwargs: object) -> None:
-                pass
-
-        self._server = make_server(
-            "127.0.0.1", self.port, self._app, threaded=True, request_handler=Quiet
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self._down.clear()
-
-    def stop(self) -> None:
-        """Stop accepting connections (the port is closed until :meth:`start`)."""
-        self._down.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-
-    @property
-    def running(self) -> bool:
-        return not self._down.is_set()
-
-    def _app(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
-        method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
-        key = path.lstrip("/").removeprefix(f"{BUCKET}/")
-        if self._down.is_set():
-            return self._error(start_response, "503 Service Unavailable", "ServiceUnavailable")
-        if method == "PUT" and path.lstrip("/").startswith(f"{BUCKET}/"):
-            self.puts.append(key)
-            if key in self.deny_put:
-                return self._error(start_response, "403 Forbidden", "AccessDenied")
-            if key == self.stop_on_put:
-                self.stop_on_put = None
-                self._down.set()
-                threading.Thread(target=self.stop, daemon=True).start()
-                return self._error(start_response, "503 Service Unavailable", "ServiceUnavailable")
-        return self._moto(environ, start_response)
-
-    @staticmethod
-    def _error(start_response: Callable, status: str, code: str) -> list[bytes]:
-        body = (
-            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
-            f"<Message>injected by the test</Message></Error>"
-        ).encode()
-        start_response(
-            status, [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
-        )
-        return [body]
-
-    # --------------------------------------------------------------------------- naming
-
-    def uri(self, prefix: str, **query: str) -> str:
-        """``s3://`` URI of ``prefix`` in the bucket, reaching this server (credentials and
-        endpoint in the URI, so that it works in any process)."""
-        params = {
-            "endpoint_override": f"127.0.0.1:{self.port}",
-            "scheme": "http",
-            "region": "us-east-1",
-            **query,
-        }
-        q = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"s3://testing:testing@{BUCKET}/{prefix}?{q}"
-
-
 @pytest.fixture(scope="module")
-def s3() -> Iterator[FaultyS3]:
-    server = FaultyS3()
+def s3() -> Iterator[S3Server]:
+    server = S3Server(BUCKET)
     yield server
     server.stop()
 
@@ -195,7 +97,7 @@ def prep_s3(tiny_shards: Path, out: str, **kw) -> object:
 
 
 @pytest.fixture(scope="module")
-def s3_shards(s3: FaultyS3, tiny_shards: Path) -> str:
+def s3_shards(s3: S3Server, tiny_shards: Path) -> str:
     """tiny_shards' source prepared by `lstc prep --out s3://...` (the CLI, in this process)."""
     out = s3.uri("full")
     h, w = TINY_SHARDS_SIZE
@@ -231,7 +133,7 @@ def test_prep_to_s3_writes_the_bytes_of_a_local_prep(s3_shards: str, tiny_shards
     assert any(k.startswith("_progress/") for k in reference) and "manifest.json" in reference
     assert uri_tree(s3_shards) == reference  # shards, progress records, rejects, manifest
     assert load_manifest(s3_shards) == load_manifest(tiny_shards)
-    assert not [k for k in s3.puts if ".tmp-" in k]  # nothing under a temporary key
+    assert not [k for k in s3.writes if ".tmp-" in k]  # nothing under a temporary key
 
 
 def test_uri_root_is_refused_with_one_clear_error(s3, tmp_path, capsys):
@@ -349,9 +251,9 @@ def test_storage_failure_fails_clearly_then_rerun_completes(
     else:
         delete_file(join(out, "_progress", "test-part-00000.parquet.json"))
     if fault == "deny":
-        s3.deny_put.add(f"{prefix}/{key}")
+        s3.deny_write.add(f"{prefix}/{key}")
     else:
-        s3.stop_on_put = f"{prefix}/{key}"
+        s3.stop_on_write = f"{prefix}/{key}"
     try:
         with pytest.raises(PrepStorageError) as err:
             prep_s3(tiny_shards, out)
@@ -370,10 +272,7 @@ def test_storage_failure_fails_clearly_then_rerun_completes(
             assert rc == 1 and cli_err.count("\n") == 1
             assert "lstc prep: cannot reach the output store" in cli_err
     finally:
-        s3.deny_put.clear()
-        s3.stop_on_put = None
-        if not s3.running:
-            s3.start()
+        s3.restart_if_stopped()
     # nothing half-done is taken as complete: the manifest was retracted before the change
     with pytest.raises(ShardError, match="does not exist"):
         load_manifest(out)

@@ -1,7 +1,7 @@
 """Training, evaluation and registry with the run folder and the shards on object storage.
 
-A real S3 protocol server (moto's S3 application, served by werkzeug on 127.0.0.1 in this
-process behind a small fault-injecting WSGI layer) holds a bucket; the session's local Ray
+A real S3 protocol server (moto's S3 application on 127.0.0.1 in this process,
+``tests/local_cluster.S3Server``) holds a bucket; the session's local Ray
 instance trains the tiny recipe with ``train.storage_path=s3://.../runs`` and
 ``data.root=s3://.../shards`` (the session's ``tiny_shards``, uploaded). pyarrow reaches the
 server through the URI itself (credentials, ``endpoint_override``, ``scheme``, ``region``),
@@ -12,11 +12,8 @@ environment.
   every file of the run is an object in the bucket and nothing is written under the cwd;
   ``lstc eval`` of ``s3://.../best`` on the S3 shards reproduces the logged validation
   metrics and writes its ``--output`` to the bucket.
-* storage failure: the server stops while rank 0's epoch-2 checkpoint is being uploaded (on
-  the PUT of its ``model.pt``); the run fails (``train.max_failures=0``), epoch 2 is not taken
-  as a checkpoint, and rerunning the same command after the server is back resumes from the
-  checkpoint on S3 (epoch 1: resume line, same MLflow run, no epoch redone) and ends with
-  weights bit-identical to ``s3_run``'s.
+* storage failure during a checkpoint upload, and node failure: on the two-node cluster
+  (``tests/test_cluster_jobs.py``), where rank 0 uploads from whatever node it runs on.
 * completeness markers, events, moving a run aside and a submission zip on S3, and the
   refusal of a file tracking store on a multi-node cluster, without training.
 """
@@ -26,13 +23,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from local_cluster import S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -42,106 +38,15 @@ BUCKET = "lstc-train"
 EPOCHS = 2
 
 
-class FlakyS3:
-    """moto's S3 app on 127.0.0.1 behind a WSGI layer that can stop the server.
-
-    :attr:`stop_on`: an object key (``prefix/rel`` in :data:`BUCKET`); the first request that
-    writes it (PUT, or POST of a multipart upload) stops the server: that request is answered
-    503, the listening socket is closed and requests on open connections get 503, until
-    :meth:`start` serves again on the same port (moto keeps its objects in this process).
-    """
-
-    def __init__(self) -> None:
-        from moto.server import DomainDispatcherApplication, create_backend_app
-
-        self.port = free_port()
-        self.stop_on: str | None = None
-        self.stopped_at: str | None = None  # the key whose write stopped the server
-        self._moto = DomainDispatcherApplication(create_backend_app)
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._down = threading.Event()
-        self.start()
-        from data_prep.storage import resolve
-
-        fs, _ = resolve(self.uri("", allow_bucket_creation="true"))
-        fs.create_dir(BUCKET)
-
-    def start(self) -> None:
-        from moto.server import MotoRequestHandler
-        from werkzeug.serving import make_server
-
-        class Quiet(MotoRequestHandler):
-            def log_request(self, *args: object, **kwargs: object) -> None:
-                pass
-
-        self._server = make_server(
-            "127.0.0.1", self.port, self._app, threaded=True, request_handler=Quiet
-        )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        self._down.clear()
-
-    def stop(self) -> None:
-        self._down.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    @property
-    def running(self) -> bool:
-        return not self._down.is_set()
-
-    def _app(self, environ: dict, start_response: Callable) -> Iterator[bytes]:
-        if self._down.is_set():
-            return self._unavailable(start_response)
-        path = environ.get("PATH_INFO", "").lstrip("/")
-        key = path.removeprefix(f"{BUCKET}/")
-        writes = environ["REQUEST_METHOD"] in ("PUT", "POST")
-        if writes and self.stop_on is not None and key == self.stop_on:
-            self.stop_on, self.stopped_at = None, key
-            self._down.set()
-            threading.Thread(target=self.stop, daemon=True).start()
-            return self._unavailable(start_response)
-        return self._moto(environ, start_response)
-
-    @staticmethod
-    def _unavailable(start_response: Callable) -> list[bytes]:
-        body = (
-            b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
-            b"<Message>stopped by the test</Message></Error>"
-        )
-        start_response(
-            "503 Service Unavailable",
-            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
-        )
-        return [body]
-
-    def uri(self, prefix: str, **query: str) -> str:
-        """``s3://`` URI of ``prefix`` in the bucket that reaches this server from any process."""
-        params = {
-            "endpoint_override": f"127.0.0.1:{self.port}",
-            "scheme": "http",
-            "region": "us-east-1",
-            **query,
-        }
-        q = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"s3://testing:testing@{BUCKET}/{prefix}?{q}"
-
-
 @pytest.fixture(scope="module")
-def s3() -> Iterator[FlakyS3]:
-    server = FlakyS3()
+def s3() -> Iterator[S3Server]:
+    server = S3Server(BUCKET)
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
-def s3_shards(s3: FlakyS3, tiny_shards: Path) -> str:
+def s3_shards(s3: S3Server, tiny_shards: Path) -> str:
     """The session's tiny shards, uploaded to the bucket."""
     from data_prep.storage import copy_dir
 
@@ -158,7 +63,7 @@ def env(tmp_path_factory) -> Iterator[dict]:
         yield {"base": base, "uri": f"sqlite:///{base / 'mlflow.db'}"}
 
 
-def recipe_for(s3: FlakyS3, shards: str, env: dict, name: str, *extra: str):
+def recipe_for(s3: S3Server, shards: str, env: dict, name: str, *extra: str):
     from pipelines.config import load_recipe
 
     return load_recipe(
@@ -179,7 +84,7 @@ def recipe_for(s3: FlakyS3, shards: str, env: dict, name: str, *extra: str):
     )
 
 
-def objects(s3: FlakyS3, prefix: str) -> list[str]:
+def objects(s3: S3Server, prefix: str) -> list[str]:
     from data_prep.storage import list_files
 
     return list_files(s3.uri(prefix))
@@ -301,58 +206,6 @@ def test_best_s3_checkpoint_is_registered_with_its_weights(s3_run, env):
     assert mv.tags["checkpoint"].startswith(f"s3://{BUCKET}/runs/s3run/best?")
     local = checkpoint_of(f"models:/{recipe.registry.model_name}/1", tracking_uri=env["uri"])
     assert_same_weights(weights(local), weights(result.best_checkpoint))
-
-
-# ------------------------------------------------------------------------ storage failure
-
-
-def test_upload_failure_resumes_from_the_last_complete_checkpoint(
-    s3_run, s3, s3_shards, env, capsys
-):
-    """The server stops on the PUT of epoch 2's model.pt (rank 0's upload through Ray): the
-    run fails, with the storage error and not a bookkeeping one; epoch 2 was never recorded
-    by Ray and whatever part of it reached the bucket is not a complete checkpoint. With the
-    server back, the same command resumes from epoch 1 (resume line, same MLflow run, epoch 1
-    not redone) and ends with the weights of the uninterrupted run."""
-    import ray.train
-
-    from pipelines.checkpoint import checkpoint_problem
-    from pipelines.train.driver import RUN_ID_FILE, train
-    from pipelines.train.resume import child, latest_checkpoint, read_text
-
-    _, reference, _, _ = s3_run
-    recipe = recipe_for(s3, s3_shards, env, "s3fault", "train.max_failures=0")
-    s3.stop_on = "runs/s3fault/checkpoint_epoch_0002/model.pt"
-    try:
-        with (
-            pytest.raises(ray.train.TrainingFailedError) as failed,
-            pytest.warns(RuntimeWarning, match="recording the driver_failed event failed"),
-        ):
-            train(recipe, register=False)
-    finally:
-        stopped_at, s3.stop_on = s3.stopped_at, None
-        if not s3.running:
-            s3.start()
-    assert stopped_at == "runs/s3fault/checkpoint_epoch_0002/model.pt"
-    # the storage error itself, not a bookkeeping one (Ray shortens the worker's traceback)
-    assert f"127.0.0.1 port {s3.port}" in str(failed.value), failed.value
-    run_dir = s3.uri("runs/s3fault")
-    assert latest_checkpoint(run_dir)[0] == 1
-    assert checkpoint_problem(child(run_dir, "checkpoint_epoch_0002")) is not None
-    assert "best" not in {n.split("/")[0] for n in objects(s3, "runs/s3fault")}
-    first_run_id = read_text(child(run_dir, RUN_ID_FILE)).strip()
-
-    capsys.readouterr()
-    result = train(recipe, register=False)
-    out = capsys.readouterr().out
-    ckpt1 = f"s3://{BUCKET}/runs/s3fault/checkpoint_epoch_0001?"
-    assert f"resuming run s3fault from epoch 1 checkpoint {ckpt1}" in out, out
-    assert f"(MLflow run {first_run_id})" in out and result.mlflow_run_id == first_run_id
-    assert epoch_starts(run_dir) == [1, 2, 2]  # epoch 1 once; epoch 2 failed, then redone
-    assert_same_weights(weights(result.last_checkpoint), weights(reference.last_checkpoint))
-    for k, v in reference.last_metrics.items():
-        if k.startswith("val/"):
-            assert result.last_metrics[k] == pytest.approx(v, abs=0, nan_ok=True), k
 
 
 # ------------------------------------------------------------- pieces, without training

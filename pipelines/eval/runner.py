@@ -24,6 +24,11 @@ by default the model recipe's ``eval.threshold`` / ``eval.threshold_rule``.
 ``--submission`` writes the masks of every sample in the Ref-YouTube-VOS layout
 (``Annotations/<video>/<exp_id>/<frame>.png``), validates it and zips it.
 
+Where the scoring runs: with ``--num-workers N > 1`` in a Ray Data actor pool
+(:mod:`pipelines.eval.parallel`); otherwise in one process - on a cluster (``RAY_ADDRESS`` set,
+as in every Ray Job) that process is a Ray task kept off the head (:mod:`data_prep.placement`;
+the command prints its node), locally it is this process.
+
 Heavy imports (torch, mlflow, ray) happen inside :func:`run` so ``lstc --help`` stays fast.
 """
 
@@ -202,6 +207,7 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
     """Score ``args.model`` on ``args.data``; prints the table, logs an MLflow run, returns the metrics."""
     import torch
 
+    from data_prep.placement import on_a_cluster
     from pipelines.data import eval_batches
     from pipelines.inference import evaluate, parse_meta, summarize
     from pipelines.mlops.tracking import resolve_tracking_uri
@@ -258,6 +264,10 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
             tracking_uri=uri,
             on_batch=write_masks if writer is not None else None,
         )
+    elif on_a_cluster():
+        metrics_acc = _score_in_a_task(
+            args, uri, root, split, write_masks if writer is not None else None
+        )
     else:
         batches = eval_batches(
             iter_eval_samples(root, split, args.limit), recipe, batch_size=args.batch_size
@@ -306,6 +316,97 @@ def run_eval(args: EvalOptions) -> dict[str, float]:
     if not args.no_tracking:
         _log_eval_run(args, recipe, tags, uri, root, split, results, seconds, zip_path)
     return results
+
+
+def _score(
+    model_spec: str,
+    tracking_uri: str,
+    root: str,
+    split: str,
+    *,
+    limit: int | None,
+    batch_size: int | None,
+    threshold: float,
+    rule: str,
+    device: str | None,
+    keep_masks: bool,
+) -> dict[str, Any]:
+    """Single-process scoring (the body of the Ray task of :func:`_score_in_a_task`): the
+    model loaded here, every sample of ``split`` through :func:`pipelines.inference.evaluate`;
+    returns the metric accumulator, the predicted masks as PNG (when ``keep_masks``) with the
+    ids a submission needs, and the node it ran on."""
+    import torch
+
+    from data_prep.placement import where_am_i
+    from pipelines.data import eval_batches
+    from pipelines.eval.parallel import _png
+    from pipelines.inference import evaluate
+
+    model, recipe, _ = load_model(model_spec, tracking_uri)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(dev)
+    masks: list[dict[str, Any]] = []
+
+    def keep(batch: Mapping[str, Any], preds: list[Any]) -> None:
+        for i, p in enumerate(preds):
+            masks.append(
+                {k: batch[k][i] for k in _MASK_KEYS} | {"png": _png(p.mask), "score": p.score}
+            )
+
+    batches = eval_batches(iter_eval_samples(root, split, limit), recipe, batch_size=batch_size)
+    acc = evaluate(
+        model,
+        batches,
+        device=dev,
+        threshold=threshold,
+        rule=rule,
+        on_batch=keep if keep_masks else None,
+    )
+    return {"metrics": acc, "masks": masks, "where": where_am_i()}
+
+
+#: the ids of a predicted mask that travel back from the scoring task (for the submission)
+_MASK_KEYS = ("key", "meta", "video_id", "object_id", "expression_id")
+
+
+def _score_in_a_task(
+    args: EvalOptions,
+    tracking_uri: str,
+    root: str,
+    split: str,
+    on_batch: Any,
+) -> Any:
+    """Single-process evaluation as one Ray task, kept off the head when the cluster has other
+    nodes (:mod:`data_prep.placement`); ``--device cuda`` asks it for one GPU. The masks of a
+    submission come back as PNG and are handed to ``on_batch`` here, in the driver."""
+    import ray
+
+    from data_prep.placement import describe_node, off_head_options
+    from pipelines.eval.parallel import _ensure_ray, _unpng
+    from pipelines.inference import Prediction
+
+    _ensure_ray()
+    task = ray.remote(num_cpus=1, num_gpus=1 if args.device == "cuda" else 0)(_score)
+    out = ray.get(
+        task.options(**off_head_options()).remote(
+            args.model,
+            tracking_uri,
+            root,
+            split,
+            limit=args.limit,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            rule=args.threshold_rule,
+            device=args.device,
+            keep_masks=on_batch is not None,
+        )
+    )
+    print(f"lstc eval: scored in a Ray task on {describe_node(out['where'])}", flush=True)
+    if on_batch is not None and out["masks"]:
+        masks = out["masks"]
+        light = {k: [m[k] for m in masks] for k in _MASK_KEYS}
+        on_batch(light, [Prediction(_unpng(m["png"]), float(m["score"])) for m in masks])
+    return out["metrics"]
 
 
 def _log_eval_run(
