@@ -14,6 +14,11 @@ Random weights everywhere (``without_pretrained``): nothing is downloaded.
     .venv/bin/python benchmarks/model_speed.py --presets lstc_cstm --size 160   # vs CSTM
 
 Target: LSTC step time <= 1.3 x the baseline's.
+
+    .venv/bin/python benchmarks/model_speed.py --ops --presets tiny paper   # operators/step
+
+``--ops`` counts the operators one training step dispatches (torch.profiler on CPU), eager vs
+``torch.compile`` (inductor): a host-side figure that does not depend on the machine's speed.
 """
 
 from __future__ import annotations
@@ -121,6 +126,117 @@ def worker_mem(
     return {"rss_after_build_mib": rss_model, "peak_rss_mib": peak}
 
 
+# ---------------------------------------------------------------- operators per training step
+#: ``--ops``: host-side work of one training step (forward + loss + backward + Adam step),
+#: counted by torch.profiler on CPU, eager vs torch.compile (inductor). Counts do not depend
+#: on the machine's speed. ``aten ops`` = every ATen operator call, nested ones included;
+#: ``kernels`` = leaf ATen calls (no ATen call inside: the ones that run a kernel) plus the
+#: fused kernels inductor generated (profiled via ``cpp.enable_kernel_profile``) - on a GPU
+#: each is one kernel launch.
+
+
+def _profile_step(step) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = list(prof.events())
+
+    def is_aten(e) -> bool:
+        return e.name.startswith("aten::")
+
+    def is_fused(e) -> bool:
+        return "cpp_fused" in e.name or "triton_" in e.name
+
+    aten = [e for e in events if is_aten(e)]
+    leaf = [e for e in aten if not any(is_aten(c) for c in e.cpu_children)]
+    fused = [e for e in events if is_fused(e)]
+    top: dict[str, int] = {}
+    for e in leaf + fused:
+        key = "fused kernel" if is_fused(e) else e.name
+        top[key] = top.get(key, 0) + 1
+    return {
+        "aten_ops": len(aten),
+        "leaf_ops": len(leaf),
+        "fused_kernels": len(fused),
+        "kernels": len(leaf) + len(fused),
+        "top": sorted(top.items(), key=lambda kv: -kv[1])[:8],
+    }
+
+
+def worker_ops(preset: str, batch: int, mode: str, threads: int) -> dict:
+    """Operators of one training step after warm-up (``mode``: none = eager, or a
+    torch.compile mode; the network and the loss are compiled in place as in training)."""
+    import torch
+
+    from lstc.config import LossConfig, ModelConfig
+    from lstc.losses import SegmentationLoss
+    from lstc.model import build_model
+
+    torch.set_num_threads(threads)
+    cfg = ModelConfig.preset(preset).without_pretrained()
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    loss_fn = SegmentationLoss(LossConfig())
+    h, w = cfg.input_size
+    clip = torch.rand(batch, 3, cfg.num_frames, h, w)
+    tok = model.tokenizer(["the man in a red shirt jumping over the fence"] * batch)
+    target = (torch.rand(batch, 1, h, w) > 0.8).float()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    if mode != "none":
+        import torch._inductor.config as inductor_config
+
+        inductor_config.cpp.enable_kernel_profile = True
+        model.compile(mode=mode)
+        loss_fn.compile(mode=mode)
+
+    def step() -> None:
+        out = model(clip, tok["input_ids"], tok["attention_mask"])
+        loss, _ = loss_fn(out, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    t0 = time.perf_counter()
+    step()  # warm-up (compiles when compiled)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    step()
+    step_s = time.perf_counter() - t0
+    return {"first_step_s": first_s, "step_s": step_s, **_profile_step(step)}
+
+
+def run_ops(args: argparse.Namespace) -> list[dict]:
+    """Print the operators-per-step table of ``args.presets`` (one subprocess per cell)."""
+    rows = []
+    for preset in args.presets:
+        batch = args.batch or (4 if preset.startswith("tiny") else 1)
+        cells = {}
+        for mode in ("none", args.compile_mode):
+            cells[mode] = run_worker(
+                args, "--worker-ops", preset, mode, "--batch", str(batch), "--iters", "1"
+            )
+        eager, comp = cells["none"], cells[args.compile_mode]
+        rows.append({"preset": preset, "batch": batch, "eager": eager, "compiled": comp})
+        print(f"== {preset}: operators per training step (fwd + loss + bwd + Adam), B={batch}, CPU")
+        print(f"{'':28s}{'eager':>12s}{'compiled':>12s}{'ratio':>8s}")
+        for key, label in (
+            ("aten_ops", "aten ops (all, nested)"),
+            ("leaf_ops", "leaf aten ops"),
+            ("fused_kernels", "fused kernels (inductor)"),
+            ("kernels", "kernels = leaf + fused"),
+        ):
+            ratio = eager[key] / comp[key] if comp[key] else float("nan")
+            print(f"{label:28s}{eager[key]:12d}{comp[key]:12d}{ratio:8.2f}")
+        print(f"{'first step (s)':28s}{eager['first_step_s']:12.1f}{comp['first_step_s']:12.1f}")
+        print(f"{'step (s)':28s}{eager['step_s']:12.2f}{comp['step_s']:12.2f}")
+        print(f"compiled: torch.compile(mode={args.compile_mode!r}, backend='inductor')")
+        print("eager top leaf ops: " + ", ".join(f"{n} {c}" for n, c in eager["top"]))
+        print("compiled top: " + ", ".join(f"{n} {c}" for n, c in comp["top"]) + "\n")
+        sys.stdout.flush()
+    return rows
+
+
 def run_worker(args: argparse.Namespace, *worker_args: str) -> dict:
     cmd = [sys.executable, __file__, *worker_args, "--warmup", str(args.warmup)]
     cmd += ["--threads", str(args.threads)]
@@ -147,7 +263,22 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     p.add_argument("--worker-time", metavar="PRESET", help=argparse.SUPPRESS)
     p.add_argument("--worker-mem", nargs=2, metavar=("PRESET", "VARIANT"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--ops",
+        action="store_true",
+        help="only the operators-per-training-step table (torch.profiler), eager vs compiled",
+    )
+    p.add_argument("--compile-mode", default="default", choices=["default", "max-autotune"])
+    p.add_argument("--worker-ops", nargs=2, metavar=("PRESET", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.worker_ops:
+        print(json.dumps(worker_ops(*args.worker_ops, args.batch, args.threads)))
+        return
+    if args.ops:
+        rows = run_ops(args)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
     if args.worker_time:
         r = worker_time(
             args.worker_time, args.batch, args.iters, args.warmup, args.threads, args.size

@@ -169,8 +169,25 @@ def decode_jpeg(data: bytes) -> np.ndarray:
 
 
 def decode_clip(frames: Sequence[bytes]) -> np.ndarray:
-    """Stored frames → ``uint8 [T, H, W, 3]``."""
-    return np.stack([decode_jpeg(bytes(f)) for f in frames])
+    """Stored frames → ``uint8 [T, H, W, 3]``, decoded as one batch: the output array is
+    allocated once (size from the frames' JPEG headers) and every frame is decoded straight
+    into its slice (no per-frame array, no stacking copy). Pixel-identical to decoding the
+    frames one by one with :func:`decode_jpeg`; frames of unequal size fall back to that."""
+    if len(frames) == 0:
+        raise ValueError("a clip needs at least one frame")
+    try:
+        import simplejpeg
+    except ImportError:  # pragma: no cover - simplejpeg is a pinned dependency
+        return np.stack([decode_jpeg(bytes(f)) for f in frames])
+    data = [f if isinstance(f, bytes | bytearray | memoryview) else bytes(f) for f in frames]
+    sizes = {simplejpeg.decode_jpeg_header(d)[:2] for d in data}
+    if len(sizes) != 1:
+        return np.stack([decode_jpeg(bytes(d)) for d in data])
+    (h, w) = sizes.pop()
+    out = np.empty((len(data), h, w, 3), np.uint8)
+    for i, d in enumerate(data):
+        simplejpeg.decode_jpeg(d, colorspace="RGB", buffer=out[i])
+    return out
 
 
 def decode_mask(data: bytes | None) -> np.ndarray | None:

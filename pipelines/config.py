@@ -236,6 +236,19 @@ class TrainConfig(_Section):
         "PACK", description="Ray placement of the workers (STRICT_SPREAD: one per node)"
     )
     amp: bool = Field(True, description="bf16 autocast on CUDA; ignored (fp32) on CPU")
+    compile: Literal["none", "default", "max-autotune"] = Field(
+        "none", description="torch.compile mode of the model and loss in training (none: eager)"
+    )
+    compile_backend: Literal["inductor", "aot_eager"] = Field(
+        "inductor",
+        description="torch.compile backend (aot_eager: captured graphs run by eager kernels, "
+        "for debugging and CPU tests without a C++ toolchain)",
+    )
+    channels_last: bool = Field(
+        False,
+        description="channels-last (2D) / channels_last_3d (3D) weights and clips; meant for "
+        "CUDA (cuDNN NHWC kernels, bf16), off by default: no gain measured on CPU",
+    )
     seed: int = Field(0, description="random seed")
     storage_path: str = Field("outputs/ray_results", description="Ray Train storage (path/URI)")
     run_name: str = Field(

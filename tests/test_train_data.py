@@ -163,3 +163,63 @@ def test_val_rows_partition_the_split_over_ranks(tiny_shards):
     assert [r["clip_id"] for r in limited] == clip_ids[:2]
     samples = list(decode_val_rows(limited))
     assert samples and all(s["mask"] is not None and s["mask"].size > 0 for s in samples)
+
+
+# --- issue 13: uint8 until the device, batched JPEG decode --------------------------------
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_uint8_collate_scaled_on_device_equals_float_collate(seed):
+    """Training collates uint8 (``collate(uint8=True)``) and scales on the device
+    (``pipelines.train.speed.model_input``); eval keeps the float collate. Where no resize
+    happens the two are identical; where crop + resize run on uint8 the resampled values are
+    rounded to integers, so they differ by at most 1/255 (+ float32 rounding)."""
+    from pipelines.train.speed import model_input
+
+    samples = [make_sample(i) for i in range(4)]
+    kw = {"train": True, "rng": seed, "augment": AUG}
+    for size in ((64, 64), (32, 32)):  # crops are resized back to either size
+        old = collate(samples, size=size, **kw)
+        new = collate(samples, size=size, uint8=True, **kw)
+        assert new["clip"].dtype == torch.uint8 and new["clip"].shape == old["clip"].shape
+        assert new["clip"].is_contiguous(memory_format=torch.channels_last_3d)
+        x = model_input(new["clip"], torch.device("cpu"), channels_last=False)
+        torch.testing.assert_close(x, old["clip"], atol=1 / 255 + 1e-6, rtol=0)
+        assert torch.equal(new["mask"], old["mask"])
+        assert new["text"] == old["text"] and new["flipped"] == old["flipped"]
+    # no crop and the stored size: nothing is resampled, the values are the same floats
+    plain = [make_sample(i) for i in range(2)]
+    old = collate(plain, size=(64, 64), train=False)
+    new = collate(plain, size=(64, 64), train=False, uint8=True)
+    assert torch.equal(
+        model_input(new["clip"], torch.device("cpu"), channels_last=True), old["clip"]
+    )
+
+
+def _jpegs(n: int, h: int = 40, w: int = 56, seed: int = 0) -> list[bytes]:
+    import simplejpeg
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+    return [
+        simplejpeg.encode_jpeg(np.ascontiguousarray(np.roll(base, 3 * i, axis=1)), quality=85)
+        for i in range(n)
+    ]
+
+
+def test_batched_jpeg_decode_equals_one_by_one():
+    from data_prep.shards import decode_clip, decode_jpeg
+
+    frames = _jpegs(8)
+    one_by_one = np.stack([decode_jpeg(f) for f in frames])
+    batch = decode_clip(frames)
+    assert batch.dtype == np.uint8 and batch.shape == (8, 40, 56, 3)
+    assert np.array_equal(batch, one_by_one)
+    assert len({batch[i].tobytes() for i in range(8)}) == 8  # every frame its own slice
+    # frames as Arrow hands them over (numpy object array of bytes) decode the same
+    assert np.array_equal(decode_clip(np.array(frames, dtype=object)), one_by_one)
+    # frames of unequal size: decoded one by one (np.stack refuses them, as before)
+    with pytest.raises(ValueError):
+        decode_clip(frames[:2] + _jpegs(1, h=48))
+    with pytest.raises(ValueError, match="at least one frame"):
+        decode_clip([])

@@ -8,7 +8,9 @@
    the uninterrupted one drew; augmentation draws come from ``(seed, e, sample key)``
    (``pipelines.data``) and the local shuffle from ``(seed, e)``;
 2. train on ``get_dataset_shard("train").iter_torch_batches(...)`` (collate + joint
-   augmentation in Ray Data's prefetch threads), gradient accumulation with ``no_sync``,
+   augmentation in Ray Data's prefetch threads; clips stay uint8 until the device, where they
+   are scaled to [0, 1]), optionally compiled (``train.compile``) and channels-last
+   (``train.channels_last``; :mod:`pipelines.train.speed`), gradient accumulation with ``no_sync``,
    bf16 autocast on CUDA (fp32 on CPU; bf16 needs no loss scaling), gradient clipping,
    per-step LR schedule; worker callbacks' ``on_step_end`` after each optimizer step;
 3. validate: rank-0 BatchNorm buffers are broadcast, each rank evaluates its own clips of the
@@ -101,7 +103,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_collate_fn(recipe: Any, epoch: int) -> Any:
+def _make_collate_fn(recipe: Any, epoch: int, uint8: bool = True) -> Any:
     from ray.data.collate_fn import NumpyBatchCollateFn
 
     from pipelines.data import collate, collate_kwargs, epoch_seed, rows_from_batch
@@ -111,20 +113,21 @@ def _make_collate_fn(recipe: Any, epoch: int) -> Any:
 
     class _Collate(NumpyBatchCollateFn):
         def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-            return collate(rows_from_batch(batch), train=True, rng=seed, **kw)
+            return collate(rows_from_batch(batch), train=True, rng=seed, uint8=uint8, **kw)
 
     return _Collate()
 
 
-def _train_batches(shard: Any, recipe: Any, epoch: int) -> Any:
+def _train_batches(shard: Any, recipe: Any, epoch: int, *, uint8: bool = True) -> Any:
     """The epoch's training batches: local shuffle seeded by (seed, epoch), collate with
-    augmentation in Ray Data's prefetch threads, last partial batch dropped (equal steps)."""
+    augmentation in Ray Data's prefetch threads, last partial batch dropped (equal steps);
+    uint8 clips (``uint8=False``: the float collate of earlier versions, for benchmarks)."""
     from pipelines.data import epoch_seed
 
     es = epoch_seed(recipe.train.seed, epoch)
     return shard.iter_torch_batches(
         batch_size=recipe.data.batch_size,
-        collate_fn=_make_collate_fn(recipe, epoch),
+        collate_fn=_make_collate_fn(recipe, epoch, uint8),
         drop_last=True,
         local_shuffle_buffer_size=recipe.data.shuffle_buffer or None,
         local_shuffle_seed=es if recipe.data.shuffle_buffer else None,
@@ -332,6 +335,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     from pipelines.train.callbacks import call_hook
     from pipelines.train.ddp import ddp_kwargs, describe_unused
     from pipelines.train.optim import build_optimizer, build_scheduler
+    from pipelines.train.speed import compile_modules, eager, model_input, to_channels_last
 
     recipe = Recipe.from_dict(config["recipe"])
     run_dir = config.get("run_dir")
@@ -366,6 +370,10 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         ddp_args, unused = ddp_kwargs(model, loss_fn, device, force=tr.find_unused_parameters)
         if unused and rank == 0:
             print(f"lstc train: {describe_unused(unused)}", flush=True)
+    if tr.channels_last:
+        to_channels_last(model)
+    # compiled in place before DDP wraps it (PyTorch's advice for DDP); eager stays the default
+    compile_modules(model, loss_fn, mode=tr.compile, backend=tr.compile_backend)
     model = ray.train.torch.prepare_model(
         model, move_to_device=False, parallel_strategy_kwargs=ddp_args
     )
@@ -419,7 +427,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
         micro = 0
         bar = _epoch_bar(epoch + 1, tr.epochs, steps_per_epoch * accum) if rank == 0 else None
         for batch in batches:
-            clip = batch["clip"].to(device, non_blocking=True)
+            # uint8 from the collate; / 255 on the device (mean/std: the encoders, same device)
+            clip = model_input(batch["clip"], device, channels_last=tr.channels_last)
             target = batch["mask"].to(device, non_blocking=True)
             tok = core.tokenizer(batch["text"])
             ids, attn = tok["input_ids"].to(device), tok["attention_mask"].to(device)
@@ -475,15 +484,16 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
             )
             if recipe.data.cache_val:
                 own_rows = val_rows_cache = list(own_rows)
-        val = validate(
-            core,
-            recipe,
-            own_rows,
-            rank=rank,
-            world=world,
-            device=device,
-            keep=overlay_samples,
-        )
+        with eager():  # validation runs the eager code of a compiled model (no recompiles)
+            val = validate(
+                core,
+                recipe,
+                own_rows,
+                rank=rank,
+                world=world,
+                device=device,
+                keep=overlay_samples,
+            )
         val_time = time.perf_counter() - t1
         # keys: docs/INTERFACES.md "Metric keys" (one step axis per key; the same names in
         # MLflow, Ray Train's reports and the checkpoint's metrics.json)
@@ -510,7 +520,8 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                 step=epoch + 1,
                 axis="epoch",
             )
-            grid = _overlay_grid(core, recipe, overlay_samples)
+            with eager():
+                grid = _overlay_grid(core, recipe, overlay_samples)
             if grid is not None:
                 tracker.log_image(grid, f"overlays/epoch_{epoch + 1:03d}.png")
             _log_curves(tracker, history)
