@@ -275,6 +275,14 @@ class Runs:
         assert counts.get(d.train_split, {}).get("samples"), (d.train_split, counts)
         assert counts.get(d.val_split, {}).get("samples"), (d.val_split, counts)
         n_train = counts[d.train_split]["samples"]
+        if d.val_split == "heldout":  # by video: disjoint, and the videos the hash rule picks
+            from data_prep.heldout import HeldoutSpec
+            from pipelines.eval.runner import split_videos
+
+            held, kept = split_videos(str(shards), "heldout"), split_videos(str(shards), "train")
+            fraction = float(flag(documented(path)["prep"], "--heldout-fraction"))
+            assert held and kept and not held & kept
+            assert HeldoutSpec(fraction).chosen(held | kept) == held
         raw = recipe.to_dict()
         raw["model"] = {
             **ModelConfig.preset("tiny").to_dict(),
