@@ -2,8 +2,9 @@
 ``find_unused_parameters`` (pipelines/train/ddp.py decides it).
 
 Part 1 runs real ``DistributedDataParallel`` over gloo in 2 local processes (torch
-multiprocessing, a FileStore rendezvous in the test's tmp folder, no ports) on the tiny preset,
-for EACH combination of ``streams x cmam x lasp`` (3 x 3 x 2 = 18): the probe's unused set
+multiprocessing, a FileStore rendezvous in the test's tmp folder, no ports) on the tiny preset
+for EACH combination of ``streams x cmam x lasp`` (3 x 3 x 2 = 18), and on the release-exact
+``tiny_cstm`` preset for the 9 with ``lasp=off``: the probe's unused set
 equals the hand-derived one, 2 optimizer steps with different data per rank succeed, every
 used parameter gets a gradient that is identical on both ranks, every unused one gets none, and
 the weights stay identical on both ranks. A negative control shows that the worst combination
@@ -33,9 +34,13 @@ import pytest
 STREAMS = ("both", "spatial", "temporal")
 CMAMS = ("none", "cmam", "cmam_plus")
 LASPS = ("on", "off")
-COMBOS = list(itertools.product(STREAMS, CMAMS, LASPS))
+#: (preset, streams, cmam, lasp): every combination on the tiny preset, and the combinations
+#: with lasp off (where unused parameters arise) on the release-exact tiny_cstm preset
+COMBOS = [("tiny", *c) for c in itertools.product(STREAMS, CMAMS, LASPS)] + [
+    ("tiny_cstm", *c) for c in itertools.product(STREAMS, CMAMS, ("off",))
+]
 STEPS = 2
-WORST = ("both", "cmam_plus", "off")
+WORST = ("tiny", "both", "cmam_plus", "off")
 
 
 def expected_unused_prefixes(streams: str, cmam: str, lasp: str) -> set[str]:
@@ -48,10 +53,10 @@ def expected_unused_prefixes(streams: str, cmam: str, lasp: str) -> set[str]:
     return {f"{s}.updates.4." for s in used}
 
 
-def _tiny_cfg(streams: str, cmam: str, lasp: str):
+def _tiny_cfg(preset: str, streams: str, cmam: str, lasp: str):
     from lstc.config import ModelConfig
 
-    return ModelConfig.preset("tiny").replace(streams=streams, cmam=cmam, lasp=lasp)
+    return ModelConfig.preset(preset).replace(streams=streams, cmam=cmam, lasp=lasp)
 
 
 def _flat(tensors):
@@ -84,9 +89,9 @@ def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
         dist.all_gather(box, values)
         return all(torch.equal(box[0], b) for b in box[1:])
 
-    for streams, cmam, lasp in COMBOS:
+    for preset, streams, cmam, lasp in COMBOS:
         torch.manual_seed(0)
-        model = build_model(_tiny_cfg(streams, cmam, lasp))
+        model = build_model(_tiny_cfg(preset, streams, cmam, lasp))
         loss_fn = SegmentationLoss(LossConfig())
         kwargs, unused = ddp_kwargs(model, loss_fn, device)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -111,7 +116,7 @@ def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
             grads = [p.grad if p.grad is not None else torch.full_like(p, torch.nan) for p in used]
             grads_equal &= same_on_all_ranks(_flat(grads))
             opt.step()
-        results["/".join((streams, cmam, lasp))] = {
+        results["/".join((preset, streams, cmam, lasp))] = {
             "unused": unused,
             "trainable": names,
             "find_unused_parameters": kwargs["find_unused_parameters"],
@@ -154,7 +159,7 @@ def test_every_ablation_trains_under_two_process_ddp(ddp_results, combo):
     key = "/".join(combo)
     r0, r1 = (r[key] for r in ddp_results)
     assert r0["unused"] == r1["unused"]
-    prefixes = expected_unused_prefixes(*combo)
+    prefixes = expected_unused_prefixes(*combo[1:])
     expected = [n for n in r0["trainable"] if any(n.startswith(p) for p in prefixes)]
     assert r0["unused"] == expected
     if prefixes:  # every expected module does hold parameters
@@ -172,9 +177,9 @@ def test_unused_counts_of_the_tiny_preset(ddp_results):
     q/k/v/attention-output/intermediate/output Linear 12 + 2 LayerNorms 4 = 16, twice = 32;
     projection Linear 2 + LayerNorm 2 = 4)."""
     r = ddp_results[0]
-    assert len(r["both/cmam_plus/off"]["unused"]) == 16
-    assert len(r["spatial/cmam_plus/off"]["unused"]) == 8
-    assert len(r["both/none/off"]["unused"]) == 41
+    assert len(r["tiny/both/cmam_plus/off"]["unused"]) == 16
+    assert len(r["tiny/spatial/cmam_plus/off"]["unused"]) == 8
+    assert len(r["tiny/both/none/off"]["unused"]) == 41
 
 
 def test_plain_ddp_fails_on_the_worst_combination(ddp_results):
