@@ -9,6 +9,7 @@ process on 127.0.0.1 (free port), a real `python -m venv` + `pip install -r requ
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -247,10 +248,15 @@ def _post(url: str, payload: dict) -> tuple[int, dict]:
 
 def test_mlflow_models_serve_answers_rest(registered, in_process, tmp_path):
     port = free_port()
-    env = dict(os.environ, MLFLOW_TRACKING_URI=registered["uri"])
+    bin_dir = Path(sys.executable).parent  # the server execs uvicorn from PATH
+    env = dict(
+        os.environ,
+        MLFLOW_TRACKING_URI=registered["uri"],
+        PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+    )
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115
     server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "models", "serve"]
+        [str(bin_dir / "mlflow"), "models", "serve"]
         + ["-m", registered["model_uri"], "--env-manager", "local", "-h", "127.0.0.1"]
         + ["-p", str(port)],
         cwd=tmp_path,
@@ -295,11 +301,13 @@ def test_mlflow_models_serve_answers_rest(registered, in_process, tmp_path):
             {"dataframe_split": {"columns": cols, "data": [[not_video, TEXT]]}},
         )
         assert status == 400 and "cannot read video" in body["message"]
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
+    finally:  # the server and its uvicorn workers: the process group this test started
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
