@@ -71,6 +71,9 @@ def test_run_settings_may_change_but_not_what_is_computed():
             "train.ray_address=ray://head:10001",
             "tracking.uri=http://mlflow:5000",
             "description=another text",
+            "train.compile=default",  # execution, not maths: resuming may switch it
+            "train.compile_backend=aot_eager",
+            "train.channels_last=true",
             "train.cpus_per_worker=2",  # Ray sizes each worker's thread pools from it
             "train.seed=1",
         ]

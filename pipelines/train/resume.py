@@ -53,6 +53,10 @@ RESUMABLE_KEYS: dict[str, str] = {
     "train.max_failures": "how many worker failures are retried",
     "train.placement_strategy": "which nodes the workers run on, not what they compute",
     "tracking.uri": "the address of the MLflow store (it must hold the run's MLflow run id)",
+    "train.compile": "how the same network is executed (fused kernels), not what it computes; "
+    "float rounding may differ in the last bits",
+    "train.compile_backend": "which torch.compile backend executes the same network",
+    "train.channels_last": "the memory layout of the same tensors, not what is computed",
     "train.epochs": "extend or shorten the run when the LR schedule does not depend on the "
     "number of epochs (schedule.kind step or constant; not cosine) and not below the "
     "checkpoint's epoch",
