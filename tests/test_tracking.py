@@ -1,4 +1,4 @@
-"""Tracker against a REAL MLflow tracking server on loopback (started once for the module).
+"""Tracker against a REAL MLflow tracking server on loopback (the session's, tests/conftest.py).
 
 The outage tests put a small TCP relay between the tracker and the server, so the "server"
 can go down and come back mid-run without restarting MLflow (and one test points at a port
@@ -7,17 +7,10 @@ where nothing listens). No MLflow object is mocked.
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,72 +21,8 @@ from pipelines.mlops.tracking import Tracker, flatten, metric_key, resolve_track
 
 pytestmark = pytest.mark.slow
 
-SERVER_START_TIMEOUT_S = 240
-
-
-def _mlflow_exe() -> str:
-    exe = Path(sys.executable).with_name("mlflow")
-    return str(exe) if exe.exists() else (shutil.which("mlflow") or "mlflow")
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory) -> Iterator[str]:
-    """``mlflow server`` on 127.0.0.1:<free port> with a SQLite store; yields its URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    log = open(root / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    proc = subprocess.Popen(
-        [
-            _mlflow_exe(),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{root / 'server.db'}",
-            "--artifacts-destination",
-            str(root / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,  # own process group: teardown stops the server and its workers
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"mlflow server exited with {proc.returncode}:\n"
-                    + (root / "server.log").read_text(errors="replace")[-3000:]
-                )
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not answer /health in time")
-            time.sleep(0.5)
-        yield uri
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
+# The mlflow server: the session-scoped `mlflow_server` fixture of tests/conftest.py (one
+# real `mlflow server` on 127.0.0.1 shared with tests/test_runs.py); runs here are found by id.
 
 
 @pytest.fixture(autouse=True)
