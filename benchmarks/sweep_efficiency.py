@@ -33,23 +33,7 @@ sys.path.insert(0, str(REPO))
 SPEC = REPO / "configs" / "sweeps" / "refer_shapes_tiny.yaml"
 
 
-def make_shards(out: Path, videos: int) -> Path:
-    from data_prep.clipspec import ClipSpec
-    from data_prep.prep import PrepConfig, run_prep
-    from data_prep.synthetic import config_for, generate
-
-    generate(out / "source", config_for("tiny", seed=0, num_videos=videos))
-    run_prep(
-        PrepConfig(
-            dataset="refer_shapes",
-            root=str(out / "source"),
-            out=str(out / "shards"),
-            clip=ClipSpec(num_frames=4, stride=2, height=64, width=64),
-            clips_per_shard=8,
-            progress=False,
-        )
-    )
-    return out / "shards"
+from train_throughput import make_shards  # noqa: E402 - the same tiny refer-shapes shards
 
 
 def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Namespace) -> dict:

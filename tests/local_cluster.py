@@ -479,3 +479,21 @@ class S3Server:
             allow_bucket_creation=True,
         )
         fs.create_dir(name)
+
+
+# --- checkpoints of cluster / S3 runs: weights compared tensor by tensor ---------------------
+
+
+def weights(where) -> dict:
+    """The model state dict of a checkpoint folder (local path or s3:// URI)."""
+    from pipelines.checkpoint import load_model_state, local_checkpoint
+
+    with local_checkpoint(where) as d:
+        return load_model_state(d)
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    """Same keys, and every tensor exactly equal (resume-equals-uninterrupted checks)."""
+    assert a.keys() == b.keys()
+    different = [k for k in a if not (a[k] == b[k]).all()]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"

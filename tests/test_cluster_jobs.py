@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from local_cluster import LocalCluster, cluster_env, wait_until
+from local_cluster import LocalCluster, assert_same_weights, cluster_env, wait_until, weights
 
 pytestmark = pytest.mark.slow
 
@@ -239,19 +239,6 @@ def node_line(stdout: str, prefix: str) -> tuple[str, str]:
     m = re.search(re.escape(prefix) + r" node (\S+) \(([0-9a-f]+)\)", stdout)
     assert m, f"no {prefix!r} line in:\n{stdout[-3000:]}"
     return m.group(1), m.group(2)
-
-
-def weights(where) -> dict:
-    from pipelines.checkpoint import load_model_state, local_checkpoint
-
-    with local_checkpoint(where) as d:
-        return load_model_state(d)
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not (a[k] == b[k]).all()]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
 
 
 def events_of(run_dir: str, name: str, field: str) -> list:

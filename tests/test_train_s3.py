@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from local_cluster import S3Server
+from local_cluster import S3Server, assert_same_weights, weights
 
 pytestmark = pytest.mark.slow
 
@@ -88,19 +88,6 @@ def objects(s3: S3Server, prefix: str) -> list[str]:
     from data_prep.storage import list_files
 
     return list_files(s3.uri(prefix))
-
-
-def weights(where) -> dict:
-    from pipelines.checkpoint import load_model_state, local_checkpoint
-
-    with local_checkpoint(where) as d:
-        return load_model_state(d)
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not (a[k] == b[k]).all()]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
 
 
 def epoch_starts(run_dir) -> list[int]:
