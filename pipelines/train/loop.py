@@ -549,7 +549,7 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
                     extra=extra,
                 )
                 checkpoint = ray.train.Checkpoint.from_directory(str(path))
-            ray.train.report(
+            _report(
                 metrics,
                 checkpoint=checkpoint,
                 checkpoint_dir_name=f"checkpoint_epoch_{epoch + 1:04d}",
@@ -564,6 +564,46 @@ def train_loop_per_worker(config: Mapping[str, Any]) -> None:
     if rank == 0:
         append_event(run_dir, "train_end", epoch=tr.epochs, global_step=global_step)
         tracker.end("FINISHED")
+
+
+TEARDOWN_WAIT_S = 120.0  # how long a worker waits for Ray Train to stop it (see _report)
+
+
+def group_torn_down(exc: BaseException) -> bool:
+    """Whether ``exc`` says that Ray Train killed the worker group's synchronization actor:
+    the controller is tearing the group down (an abort on ``lstc train``'s SIGINT/SIGTERM, or a
+    restart after another worker failed) and kills the workers next. A node that dies takes the
+    actor with another message (the node's death), which is a real failure."""
+    from ray.exceptions import ActorDiedError
+
+    text = str(exc)
+    return (
+        isinstance(exc, ActorDiedError)
+        and "class_name: SynchronizationActor" in text
+        and "killed by `ray.kill`" in text
+    )
+
+
+def _report(metrics: Mapping[str, Any], **kwargs: Any) -> None:
+    """``ray.train.report``, quiet when the worker group is being torn down.
+
+    The report syncs the checkpoint's name across ranks through the group's synchronization
+    actor. When the controller aborts (Ctrl-C) it kills that actor and the workers one by one
+    (``ray.kill`` is asynchronous), so a worker inside a report may see the actor die before
+    its own kill lands and Ray would print the error's traceback on the user's terminal. Such a
+    worker waits, bounded by :data:`TEARDOWN_WAIT_S`, to be killed; any other error, or no kill
+    within the bound, raises as usual."""
+    import threading
+
+    import ray.train
+
+    try:
+        ray.train.report(metrics, **kwargs)
+    except Exception as exc:
+        if not group_torn_down(exc):
+            raise
+        threading.Event().wait(TEARDOWN_WAIT_S)  # Ray Train kills this worker meanwhile
+        raise
 
 
 def _stop_requested(
