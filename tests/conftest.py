@@ -7,7 +7,6 @@ one prepared tiny dataset). Add new shared fixtures below, each in its own block
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -26,10 +25,12 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
 def free_port() -> int:
-    """A free TCP port on loopback (never hard-code ports)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port for a server on loopback (never hard-code ports): outside the kernel's
+    ephemeral range, so no outgoing connection takes it before the server binds it, and never
+    handed out twice in the session (tests/ports.py)."""
+    from ports import free_port as pick
+
+    return pick()
 
 
 @pytest.fixture(scope="session")

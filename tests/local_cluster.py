@@ -17,7 +17,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +32,11 @@ STARTUP_TIMEOUT_S = 180.0
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port for a node's or a server's listener (outside the ephemeral range, never handed
+    out twice: tests/ports.py)."""
+    from ports import free_port as pick
+
+    return pick()
 
 
 def wait_until(predicate, what: str, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
