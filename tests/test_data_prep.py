@@ -169,16 +169,25 @@ def test_killed_then_rerun_equals_uninterrupted_run(ray_local, tmp_path: Path):
         "--size", "16", "24", "--clips-per-shard", "1", "--concurrency", "1", "--no-progress",
         "--address", ray_local.get_runtime_context().gcs_address,
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    err = tmp_path / "prep.err"  # a file: a pipe nobody reads stalls the prep once
+    # Ray's forwarded log lines fill its 64 KiB
+    with open(err, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=fh
+        )
     progress = killed / "_progress"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
+    # bounded wait for 2 shards: the subprocess imports the stack and joins Ray first, over
+    # two minutes on a loaded 2-core machine (the old 120 s bound then fell through here)
+    deadline = time.monotonic() + 600
+    while proc.poll() is None:
         if progress.is_dir() and len(list(progress.glob("*.json"))) >= 2:
             break
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            pytest.fail(f"lstc prep wrote no 2 shards in 600 s:\n{err.read_text()[-2000:]}")
         time.sleep(0.02)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None, err.read_text(errors="replace")[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(list(progress.glob("*.json")))
