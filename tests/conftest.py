@@ -103,7 +103,8 @@ def tiny_shards(ray_local, tmp_path_factory) -> Path:
 
 
 # --- mlops: one real `mlflow server` on loopback for the session -------------------------
-MLFLOW_SERVER_START_TIMEOUT_S = 240  # ~30 s idle, over a minute on a loaded 2-core box
+# ~30 s idle, over a minute on a loaded 2-core box; a bound (10x the idle time), not a wait
+MLFLOW_SERVER_START_TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
-STARTUP_TIMEOUT_S = 180.0
+#: bound on a node starting / joining (~10-20 s idle; any step may take 10x that under load)
+STARTUP_TIMEOUT_S = 600.0
 
 
 def free_port() -> int:
