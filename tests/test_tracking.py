@@ -7,6 +7,7 @@ where nothing listens). No MLflow object is mocked.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -485,3 +486,62 @@ def test_log_inputs_round_trip_with_contexts(tmp_path):
     # other shards under the same dataset name: same name, another digest
     ev = inputs(evaluation.run_id)["evaluation"]
     assert ev[0] == "refer_shapes/test" and ev[1] != val_ds.digest
+
+
+# ----------------------------------------------------------- HTTP patience of model registration
+
+
+def test_registration_gets_mlflows_http_patience_back(monkeypatch, tmp_path):
+    """A tracker on a server shortens MLflow's HTTP timeout/retries for the whole process (its
+    calls must fail fast); registering a model in that process (the training driver does, at
+    the end) runs with MLflow's own values instead: 10 s and one retry are too short for a
+    model upload through a busy server. A user's setting is kept; the short values come back."""
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES as RETRIES,
+    )
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_TIMEOUT as TIMEOUT,
+    )
+
+    import pipelines.mlops.registry as registry
+    from pipelines.checkpoint import write_marker
+    from pipelines.mlops import tracking
+
+    for name in tracking.HTTP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_JITTER", "0.25")  # the user's own
+    monkeypatch.setattr(tracking, "_shortened", set())
+    with pytest.warns(RuntimeWarning, match="MLflow tracking failed"):
+        tracker = Tracker.start(
+            {"tracking": {"uri": f"http://127.0.0.1:{free_port()}"}},  # nothing listens
+            system_metrics=False,
+            cooldown_s=3600,
+        )
+    tracker.end()
+    short = (TIMEOUT.get(), RETRIES.get())
+    assert short == (10, 1)
+
+    seen = []
+
+    def register_local(ckpt, source, **kwargs):  # what registration would run with
+        seen.append(
+            (TIMEOUT.get(), RETRIES.get(), os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"])
+        )
+        return "1", "champion"
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for name in ("model.pt", "train_state.pt", "recipe.yaml", "metrics.json"):
+        (ckpt / name).write_bytes(b"-")  # complete as far as the marker goes; never read here
+    write_marker(ckpt)
+    monkeypatch.setattr(registry, "_register_local", register_local)
+    assert registry.register_checkpoint(ckpt, recipe=None, run_id=None, metrics={}) == (
+        "1",
+        "champion",
+    )
+    assert seen == [(TIMEOUT.default, RETRIES.default, "0.25")] == [(120, 7, "0.25")]
+    assert (TIMEOUT.get(), RETRIES.get()) == short
+    with tracking.patient_http(), tracking.patient_http():  # nested (threads): restored once
+        assert TIMEOUT.get() == 120
+    assert (TIMEOUT.get(), RETRIES.get()) == short
+    assert os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] == "0.25"

@@ -53,7 +53,7 @@ from pipelines.mlops.serving import (
     model_signature,
     write_example_video,
 )
-from pipelines.mlops.tracking import metric_key, resolve_tracking_uri
+from pipelines.mlops.tracking import metric_key, patient_http, resolve_tracking_uri
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -337,7 +337,9 @@ def register_checkpoint(
     remote = is_uri(checkpoint_dir)
     source = describe(checkpoint_dir) if remote else str(Path(checkpoint_dir).resolve())
     try:
-        with local_checkpoint(checkpoint_dir) as ckpt:
+        # MLflow's own HTTP patience: a tracker in this process (e.g. the training driver's)
+        # shortened it to fail fast, too short for uploading a model through a busy server
+        with patient_http(), local_checkpoint(checkpoint_dir) as ckpt:
             return _register_local(
                 ckpt,
                 source,

@@ -21,7 +21,8 @@ logged while tracking is unavailable are buffered (bounded) and replayed on reco
 tags and artifacts of that window are dropped. HTTP timeouts/retries are shortened through
 MLflow's own environment variables (``MLFLOW_HTTP_REQUEST_TIMEOUT``,
 ``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, ``MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR``) unless the user set
-them.
+them; they hold for the whole process, except inside :func:`patient_http` (model registration
+runs there, with MLflow's own timeout and retries).
 
 MLflow restricts metric/param names to ``[A-Za-z0-9_\\-. /:]``; :func:`metric_key` maps the
 metric names of ``lstc.metrics`` (``P@0.5``, ``J&F``, ``mAP@0.5:0.95``) onto valid keys
@@ -47,6 +48,7 @@ identity in training and evaluation runs; :func:`dataset_tags` gives the matchin
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -58,7 +60,7 @@ import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -382,11 +384,47 @@ def _recipe_get(recipe: Any, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+_shortened: set[str] = set()  # names of HTTP_DEFAULTS this process set (never a user's)
+_patient_lock = threading.Lock()
+_patient_depth = 0
+_patient_saved: dict[str, str] = {}
+
+
 def _apply_http_defaults(uri: str) -> None:
     if is_local_uri(uri):
         return
-    for name, value in HTTP_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    with _patient_lock:
+        if _patient_depth:  # inside patient_http(): its exit puts the short values back
+            return
+        for name, value in HTTP_DEFAULTS.items():
+            if name not in os.environ:
+                os.environ[name] = value
+                _shortened.add(name)
+
+
+@contextlib.contextmanager
+def patient_http() -> Iterator[None]:
+    """MLflow's own HTTP timeout and retries (120 s, 7 retries) for the calls inside, where a
+    :class:`Tracker` shortened them (:data:`HTTP_DEFAULTS`, process-wide, so that tracking
+    fails fast); a user's settings stay. For work that must not give up after 10 s of a busy
+    server, such as logging and registering a model at the end of training. Thread-safe and
+    reentrant; the short values come back when the last one leaves."""
+    global _patient_depth
+    with _patient_lock:
+        if _patient_depth == 0:
+            for name in sorted(_shortened):
+                if os.environ.get(name) == HTTP_DEFAULTS[name]:
+                    _patient_saved[name] = os.environ.pop(name)
+        _patient_depth += 1
+    try:
+        yield
+    finally:
+        with _patient_lock:
+            _patient_depth -= 1
+            if _patient_depth == 0:
+                for name, value in _patient_saved.items():
+                    os.environ.setdefault(name, value)
+                _patient_saved.clear()
 
 
 def _to_float(value: Any) -> float | None:
