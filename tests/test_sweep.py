@@ -7,11 +7,16 @@ The sweep test is one study driven twice (real local Ray via ``ray_local``, the 
    (learns), trial 1 raises on its first step (an injected worker fault: the sweep goes on),
    trial 2 = lr 1e-7 (learns nothing). The median pruner needs 2 complete trials, so neither
    finished trial can be pruned here.
-2. A killed sweep is simulated: trial 3 is asked and left RUNNING (params C: lr 1e-7, 2
-   workers). The rerun with ``n_trials=4`` fails trial 3, retries its params as trial 4 and
-   samples trial 5. Trial 4 learns nothing in epoch 1 while the median of the complete trials
-   at epoch 1 lies between trial 0 and trial 2 (= trial 4's level): it is PRUNED after epoch 1
-   (2 workers: the stop decision is broadcast from rank 0, else rank 1 would hang).
+2. Two other drivers of the study are simulated, both on Optuna's SQLite heartbeat: a
+   killed one, whose trial 3 (params KILLED: lr 1.5e-7, 2 workers) is RUNNING with its last
+   heartbeat an hour old (set in the heartbeat table), and a live one, whose trial 4 (LIVE)
+   is RUNNING and beats every 0.2 s from a thread until it sees the rerun's retry of trial 3
+   started, then tells its trial COMPLETE. The rerun with ``n_trials=4`` (heartbeat 2 s,
+   grace 120 s) fails trial 3 as stale and retries its params once as trial 5, leaves trial 4
+   alone (counting it toward ``n_trials``: it samples nothing more) and waits for it. Trial 5
+   learns nothing in epoch 1 while the median of the complete trials at epoch 1 lies between
+   trial 0 and trial 2 (= trial 5's level): it is PRUNED after epoch 1 (2 workers: the stop
+   decision is broadcast from rank 0, else rank 1 would hang).
 
 The study ends with exactly 4 finished trials and no duplicated params; MLflow has the parent,
 its children with the trial params and states, and the best trial's model registered.
@@ -19,7 +24,10 @@ its children with the trial params and states, and the best trial's model regist
 
 from __future__ import annotations
 
+import sqlite3
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +45,9 @@ GOOD = {"optim.lr": 1e-2, "train.num_workers": 1}
 FAILS = {"optim.lr": 5e-3, "train.num_workers": 1}
 FLAT = {"optim.lr": 1e-7, "train.num_workers": 1}
 KILLED = {"optim.lr": 1.5e-7, "train.num_workers": 2}
+LIVE = {"optim.lr": 3e-3, "train.num_workers": 1}
+LIVE_VALUE = 0.0  # what the live driver tells its trial (below every trained trial's)
+HEARTBEAT_S, GRACE_S = 2, 120
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,8 @@ def spec_dict(tmp: Path, shards: Path, **changes) -> dict:
         "sampler": {"kind": "tpe", "seed": 0, "n_startup_trials": 4},
         "pruner": {"kind": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
         "budget": {"epochs": 2},
+        "heartbeat_s": HEARTBEAT_S,
+        "grace_s": GRACE_S,
         "output_dir": str(tmp / "sweeps"),
     }
     spec.update(changes)
@@ -133,6 +146,18 @@ def write_spec(tmp: Path, data: dict) -> Path:
         ({"n_trials": 0}, r"n_trials: Input should be greater than or equal to 1"),
         ({"sampler": {"kind": "cmaes"}}, r"sampler\.kind"),
         ({"overrides": ["optim.lrr=1"]}, r"recipe/overrides: .*optim\.lrr"),
+        ({"grace_s": 2}, r"spec: grace_s=2 must be > heartbeat_s=2"),
+        ({"heartbeat_s": None}, r"spec: grace_s needs heartbeat_s"),
+        ({"heartbeat_s": 0}, r"heartbeat_s: Input should be greater than or equal to 1"),
+        (
+            {"pruner": {"kind": "successive_halving", "min_resource": 2}},
+            r"first successive-halving rung is at epoch 2 .* budget\.epochs=2",
+        ),
+        (
+            {"pruner": {"kind": "successive_halving", "reduction_factor": 1}},
+            r"pruner\.reduction_factor: Input should be greater than or equal to 2",
+        ),
+        ({"pruner": {"kind": "hyperband", "min_resource": 2}}, r"min_resource=2 must be < budget"),
     ],
 )
 def test_spec_errors_name_the_file_and_key(tmp_path, change, match):
@@ -178,6 +203,142 @@ def test_sqlite_study_refused_on_a_multi_node_cluster():
     assert normalize_storage("journal:rel/x.log").startswith("journal:/")
 
 
+def test_successive_halving_pruner_keeps_the_top_half_at_each_rung():
+    """min_resource 1, reduction factor 2: rungs at epochs 1, 2, 4; at a rung a trial goes on
+    only if its value is among the top len(values) // 2 (at least the top 1) of the trials
+    that reached it, itself included."""
+    import optuna
+
+    from tuning.pruning import build_pruner
+    from tuning.spec import PrunerSpec
+
+    pruner = build_pruner(PrunerSpec(kind="successive_halving", reduction_factor=2), epochs=4)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+
+    def report(value: float, step: int, trial=None):
+        trial = trial or study.ask()
+        trial.report(value, step)
+        return trial, trial.should_prune()
+
+    a, pruned = report(0.5, 1)
+    assert not pruned  # alone at rung 1
+    assert report(0.3, 1)[1]  # [0.5, 0.3]: top 1 is 0.5
+    c, pruned = report(0.6, 1)
+    assert not pruned  # [0.5, 0.3, 0.6]: top 1 is 0.6
+    assert not report(0.55, 1)[1]  # 4 values: top 2 = 0.6, 0.55
+    assert report(0.2, 1)[1]  # 5 values: top 2 = 0.6, 0.55
+    assert not report(0.7, 2, a)[1]  # alone at rung 2
+    assert report(0.4, 2, c)[1]  # [0.7, 0.4]: top 1 is 0.7
+    assert not report(0.0, 3, a)[1]  # epoch 3 is no rung
+
+
+def test_heartbeat_fails_only_silent_trials_and_retries_each_once(tmp_path):
+    """Real SQLite RDB study, Optuna's heartbeat (interval 1 s, grace 60 s): a trial whose last
+    heartbeat is an hour old is failed and retried once; a trial that keeps beating (our
+    Heartbeat thread, every 0.2 s) is left alone; a trial that never beat is given a heartbeat
+    by adopt_running and goes stale only once that one is old; a retry that goes silent too
+    is failed and not retried again."""
+    import optuna
+
+    from tuning.heartbeat import (
+        Heartbeat,
+        RetryStale,
+        adopt_running,
+        fail_stale,
+        quiet_experimental,
+    )
+    from tuning.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    failed: list[int] = []
+    storage = open_storage(
+        url, heartbeat_s=1, grace_s=60, on_stale=RetryStale(lambda t: failed.append(t.number))
+    )
+    study = optuna.create_study(study_name="hb", storage=storage)
+
+    trials = []
+    for x in (0.1, 0.2, 0.3):
+        study.enqueue_trial({"x": x})
+        with quiet_experimental():  # Optuna warns: heartbeats outside Study.optimize
+            t = study.ask()
+        assert t.suggest_float("x", 0.0, 1.0) == x
+        trials.append(t)
+    dead, live, silent = trials
+    storage.record_heartbeat(dead._trial_id)
+    backdate_heartbeat(url, dead._trial_id, 3600)
+    beats = Heartbeat(storage, 0.2)
+    try:
+        beats.add(live._trial_id)
+
+        def by_number() -> dict[int, tuple[str, float]]:
+            return {t.number: (t.state.name, t.params["x"]) for t in study.get_trials()}
+
+        fail_stale(study)
+        assert failed == [0]
+        assert by_number() == {
+            0: ("FAIL", 0.1),
+            1: ("RUNNING", 0.2),
+            2: ("RUNNING", 0.3),
+            3: ("WAITING", 0.1),
+        }
+        assert study.trials[3].system_attrs["failed_trial"] == 0
+        assert adopt_running(study, storage) == [1, 2]
+        fail_stale(study)  # nothing is stale now: no second retry of trial 0
+        assert failed == [0] and len(study.trials) == 4
+
+        with quiet_experimental():
+            retry = study.ask()  # the enqueued retry
+        assert retry.number == 3 and retry.suggest_float("x", 0.0, 1.0) == 0.1
+        storage.record_heartbeat(retry._trial_id)
+        backdate_heartbeat(url, retry._trial_id, 3600)
+        backdate_heartbeat(url, silent._trial_id, 3600)  # its adopted heartbeat grew old
+        fail_stale(study)
+        assert sorted(failed) == [0, 2, 3]
+        assert by_number() == {
+            0: ("FAIL", 0.1),
+            1: ("RUNNING", 0.2),
+            2: ("FAIL", 0.3),
+            3: ("FAIL", 0.1),
+            4: ("WAITING", 0.3),  # trial 2's retry; trial 3, already a retry, is not retried
+        }
+        assert study.trials[4].system_attrs["retry_history"] == [2]
+    finally:
+        beats.close()
+    study.tell(live.number, 1.0)
+    assert study.trials[1].state.name == "COMPLETE"
+
+
+def test_journal_study_rerun_fails_every_running_trial(ray_local, tmp_path):
+    """Optuna's journal storage keeps no heartbeats: a rerun fails every RUNNING trial at its
+    start and enqueues its params (user attr lstc.retry_of); an RDB study uses heartbeats
+    unless heartbeat_s is null."""
+    import optuna
+
+    from tuning.spec import spec_from_dict
+    from tuning.sweep import LEFT_RUNNING, Sweep
+
+    def sweep_of(**changes) -> tuple[Sweep, object]:
+        sweep = Sweep(spec_from_dict(spec_dict(tmp_path, tmp_path / "shards", **changes)))
+        return sweep, sweep._open_study()
+
+    sweep, study = sweep_of(storage=f"journal:{tmp_path / 'study.log'}")
+    assert not sweep.heartbeat_on
+    for x in (1e-3, 1e-4):
+        study.enqueue_trial({"optim.lr": x, "train.num_workers": 1})
+        study.ask().suggest_float("optim.lr", 1e-7, 1e-2, log=True)
+    assert sweep._recover(study) == 2
+    trials = optuna.load_study(study_name=STUDY, storage=sweep.optuna_storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING", "WAITING"]
+    assert [t.user_attrs.get("lstc.error") for t in trials[:2]] == [LEFT_RUNNING] * 2
+    assert [t.user_attrs["lstc.retry_of"] for t in trials[2:]] == [0, 1]
+
+    sweep, _ = sweep_of(storage=f"sqlite:///{tmp_path / 'a.db'}")
+    assert sweep.heartbeat_on and sweep.optuna_storage.get_heartbeat_interval() == HEARTBEAT_S
+    sweep, _ = sweep_of(storage=f"sqlite:///{tmp_path / 'b.db'}", heartbeat_s=None, grace_s=None)
+    assert not sweep.heartbeat_on
+
+
 # ------------------------------------------------------------------------------- the sweep
 
 
@@ -186,12 +347,58 @@ def _enqueue(study, *params: dict) -> None:
         study.enqueue_trial(dict(p))
 
 
+def backdate_heartbeat(url: str, trial_id: int, seconds: int) -> None:
+    """Move trial ``trial_id``'s last heartbeat ``seconds`` into the past (Optuna's SQLite
+    heartbeat table; timestamps are the database's UTC clock, as record_heartbeat writes)."""
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+        n = db.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = ?",
+            (f"-{seconds} seconds", trial_id),
+        ).rowcount
+    assert n == 1, f"trial id {trial_id} has no heartbeat row"
+
+
+class LiveDriver(threading.Thread):
+    """Another sweep driver's running trial: it beats every 0.2 s until the rerun's retry of
+    trial ``retried`` has started (bounded by 900 s), notes its own trial's state at that
+    moment, then tells its trial COMPLETE with LIVE_VALUE."""
+
+    def __init__(self, url: str, number: int, retried: int) -> None:
+        super().__init__(name="live-sweep-driver", daemon=True)
+        self.url, self.number, self.retried = url, number, retried
+        self.state_when_retried: str | None = None
+
+    def run(self) -> None:
+        import optuna
+
+        from tuning.heartbeat import quiet_experimental
+        from tuning.storage import open_storage
+
+        with quiet_experimental():
+            storage = open_storage(self.url, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
+            study = optuna.load_study(study_name=STUDY, storage=storage)
+        trial_id = study.trials[self.number]._trial_id
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            storage.record_heartbeat(trial_id)
+            trials = study.get_trials(deepcopy=False)
+            if any(
+                t.system_attrs.get("failed_trial") == self.retried and t.state.name != "WAITING"
+                for t in trials
+            ):
+                self.state_when_retried = trials[self.number].state.name
+                break
+            threading.Event().wait(0.2)  # the heartbeat cadence of a live driver
+        study.tell(self.number, LIVE_VALUE)
+
+
 @pytest.fixture(scope="module")
 def sweep_runs(ray_local, tiny_shards, tmp_path_factory):
     """Both invocations of the study (see the module docstring)."""
     import optuna
     import ray.cloudpickle
 
+    from tuning.heartbeat import quiet_experimental
     from tuning.space import suggest
     from tuning.spec import spec_from_dict
     from tuning.storage import default_storage, open_storage
@@ -208,12 +415,24 @@ def sweep_runs(ray_local, tiny_shards, tmp_path_factory):
         )
         _enqueue(study, GOOD, FAILS, FLAT)
         first = run_sweep(spec, callbacks=[FailTrial("-trial-1")], progress=False)
-        # a sweep killed while trial 3 ran: asked, params set, never told
+        # a driver killed while trial 3 ran: asked, params set, heartbeat stopped an hour ago
+        with quiet_experimental():
+            beats = open_storage(storage, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
         _enqueue(study, KILLED)
         killed = study.ask()
         assert suggest(killed, spec.space) == KILLED and killed.number == 3
+        beats.record_heartbeat(killed._trial_id)
+        backdate_heartbeat(storage, killed._trial_id, 3600)
+        # a live driver running trial 4, beating until the rerun has retried trial 3
+        _enqueue(study, LIVE)
+        live = study.ask()
+        assert suggest(live, spec.space) == LIVE and live.number == 4
+        driver = LiveDriver(storage, live.number, retried=3)
+        driver.start()
         second = run_sweep(spec, n_trials=4, progress=False)
+        driver.join(timeout=60)
         yield {
+            "live_driver": driver,
             "tmp": tmp,
             "spec": spec,
             "first": first,
@@ -237,34 +456,41 @@ def test_first_run_survives_a_failing_trial(sweep_runs):
     assert [study.trials[n].params for n in (0, 2)] == [GOOD, FLAT]
 
 
-def test_rerun_retries_the_killed_trial_and_ends_with_n_trials(sweep_runs):
+def test_rerun_retries_the_stale_trial_leaves_the_live_one_and_ends_with_n_trials(sweep_runs):
     study, second = sweep_runs["study"], sweep_runs["second"]
     s = states(study)
-    assert [s[n] for n in range(5)] == ["COMPLETE", "FAIL", "COMPLETE", "FAIL", "PRUNED"]
-    assert s[5] in ("COMPLETE", "PRUNED") and len(s) == 6
-    assert second.counts["COMPLETE"] + second.counts.get("PRUNED", 0) == 4
-    killed, retry = study.trials[3], study.trials[4]
-    assert killed.user_attrs["lstc.error"].startswith("left RUNNING")
-    assert retry.params == KILLED and retry.user_attrs["lstc.retry_of"] == 3
+    assert s == {0: "COMPLETE", 1: "FAIL", 2: "COMPLETE", 3: "FAIL", 4: "COMPLETE", 5: "PRUNED"}
+    assert second.counts == {"COMPLETE": 3, "PRUNED": 1, "FAIL": 2}
+    # the stale trial: failed, retried exactly once (as trial 5), by Optuna's retry callback
+    killed, live, retry = study.trials[3], study.trials[4], study.trials[5]
+    assert killed.params == retry.params == KILLED and retry.system_attrs["failed_trial"] == 3
+    assert [t.number for t in study.trials if 3 in t.system_attrs.get("retry_history", [])] == [5]
+    # the live driver's trial: still RUNNING when the retry started, then told by its driver
+    assert sweep_runs["live_driver"].state_when_retried == "RUNNING"
+    assert not sweep_runs["live_driver"].is_alive()
+    assert (
+        live.params == LIVE and live.value == LIVE_VALUE and "lstc.run_name" not in live.user_attrs
+    )
+    assert not any(4 in t.system_attrs.get("retry_history", []) for t in study.trials)
     finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
     keys = [tuple(sorted(t.params.items())) for t in finished]
     assert len(keys) == len(set(keys)) == 4  # no finished params twice
     # every trial trained in its own run folder (never resumed another's checkpoints)
-    names = [t.user_attrs["lstc.run_name"] for t in study.trials if t.number != 3]
-    assert names == [f"{STUDY}-trial-{n}" for n in (0, 1, 2, 4, 5)]
+    names = [t.user_attrs["lstc.run_name"] for t in study.trials if t.number not in (3, 4)]
+    assert names == [f"{STUDY}-trial-{n}" for n in (0, 1, 2, 5)]
 
 
 def test_pruned_trial_stopped_after_epoch_one_with_its_reported_value(sweep_runs):
     from pipelines.train.loop import read_events
 
     study = sweep_runs["study"]
-    pruned = study.trials[4]
+    pruned = study.trials[5]
     assert pruned.user_attrs["lstc.epochs_run"] == 1
     assert list(pruned.intermediate_values) == [1]
     assert pruned.value == pruned.intermediate_values[1]
     epoch1 = {n: study.trials[n].intermediate_values[1] for n in (0, 2)}
     assert pruned.value < (epoch1[0] + epoch1[2]) / 2 < epoch1[0]
-    run_dir = sweep_runs["tmp"] / "runs" / f"{STUDY}-trial-4"
+    run_dir = sweep_runs["tmp"] / "runs" / f"{STUDY}-trial-5"
     events = [e["event"] for e in read_events(run_dir)]
     assert events.count("epoch_end") == 1 and "stopped_early" in events
     for n in (0, 2):
@@ -283,7 +509,7 @@ def test_mlflow_parent_children_and_registered_best(sweep_runs):
     exp = parent.info.experiment_id
     children = c.search_runs([exp], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     by_number = {int(r.data.tags["lstc.trial_number"]): r for r in children}
-    assert sorted(by_number) == [0, 1, 2, 4, 5]  # trial 3 never got as far as MLflow
+    assert sorted(by_number) == [0, 1, 2, 5]  # trials 3 and 4 never got as far as MLflow
     for n, run in by_number.items():
         t = study.trials[n]
         assert run.info.run_id == t.user_attrs["lstc.mlflow_run_id"]
@@ -299,6 +525,8 @@ def test_mlflow_parent_children_and_registered_best(sweep_runs):
     table = pd.read_csv(folder / "trials.csv")
     assert list(table["number"]) == list(range(6))
     assert list(table["state"]) == [states(study)[n] for n in range(6)]
+    assert table.loc[3, "error"].startswith("heartbeat stopped")
+    assert table.loc[3, "error"].endswith("retried as trial 5") and table.loc[5, "retry_of"] == 3
     assert {p.name for p in (folder / "plots").iterdir()} == {
         "optimization_history.png",
         "parallel_coordinate.png",
@@ -307,7 +535,7 @@ def test_mlflow_parent_children_and_registered_best(sweep_runs):
     best = study.best_trial
     assert parent.data.tags["lstc.best_trial"] == str(best.number)
     history = c.get_metric_history(parent.info.run_id, "sweep/trial_value")
-    assert sorted(m.step for m in history) == [0, 1, 2, 4, 5]
+    assert sorted(m.step for m in history) == [0, 1, 2, 5]
     # the best trial's model is registered, from its own run, as champion (first version)
     assert second.registered == ("1", "champion")
     version = c.get_model_version_by_alias(MODEL, "champion")

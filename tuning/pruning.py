@@ -35,6 +35,12 @@ def build_pruner(spec: PrunerSpec, epochs: int) -> Any:
             n_startup_trials=spec.n_startup_trials,
             n_warmup_steps=spec.n_warmup_steps,
         )
+    if spec.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=spec.min_resource,
+            reduction_factor=spec.reduction_factor,
+            min_early_stopping_rate=spec.min_early_stopping_rate,
+        )
     if spec.kind == "hyperband":
         return optuna.pruners.HyperbandPruner(
             min_resource=spec.min_resource,

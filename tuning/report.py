@@ -2,7 +2,8 @@
 
 Written (again) at the end of every ``lstc sweep`` invocation, so a resumed sweep's parent
 run always shows the whole study: ``sweep/trials.csv`` (one row per trial: number, state,
-value, params, MLflow run id, epochs run, error), ``sweep/best.json`` (best trial number,
+value, params, MLflow run id, epochs run, the trial it retries, error - a trial failed for a
+stopped heartbeat says so and names its retry), ``sweep/best.json`` (best trial number,
 value, params) and ``sweep/plots/*.png``: optimisation history, parallel coordinates and,
 with at least two complete trials, parameter importances (``optuna.visualization.matplotlib``).
 """
@@ -23,14 +24,27 @@ ATTR_ERROR = "lstc.error"
 ATTR_CHECKPOINT = "lstc.best_checkpoint"
 ATTR_METRICS = "lstc.best_metrics"
 ATTR_RETRY_OF = "lstc.retry_of"
+#: the error of a trial failed because its heartbeat stopped (tuning.heartbeat)
+HEARTBEAT_STOPPED = "heartbeat stopped (its sweep driver was killed or lost)"
 
 
 def trials_table(study: Any) -> Any:
     """A pandas DataFrame with one row per trial (see the module docstring)."""
     import pandas as pd
 
+    trials = study.get_trials(deepcopy=False)
+    # heartbeat retries (tuning.heartbeat) name their stale trial in Optuna's system attrs
+    retried_as = {
+        t.system_attrs["retry_history"][-1]: t.number
+        for t in trials
+        if t.system_attrs.get("retry_history")
+    }
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
+        error = t.user_attrs.get(ATTR_ERROR)
+        if error is None and t.number in retried_as:
+            error = f"{HEARTBEAT_STOPPED}; retried as trial {retried_as[t.number]}"
+        history = t.system_attrs.get("retry_history") or []
         row: dict[str, Any] = {
             "number": t.number,
             "state": t.state.name,
@@ -38,8 +52,8 @@ def trials_table(study: Any) -> Any:
             "mlflow_run_id": t.user_attrs.get(ATTR_RUN_ID),
             "run_name": t.user_attrs.get(ATTR_RUN_NAME),
             "epochs_run": t.user_attrs.get(ATTR_EPOCHS),
-            "retry_of": t.user_attrs.get(ATTR_RETRY_OF),
-            "error": t.user_attrs.get(ATTR_ERROR),
+            "retry_of": t.user_attrs.get(ATTR_RETRY_OF, history[-1] if history else None),
+            "error": error,
         }
         row.update({f"params.{k}": v for k, v in t.params.items()})
         rows.append(row)
@@ -123,6 +137,7 @@ __all__ = [
     "ATTR_RETRY_OF",
     "ATTR_RUN_ID",
     "ATTR_RUN_NAME",
+    "HEARTBEAT_STOPPED",
     "best_summary",
     "log_report",
     "trials_table",

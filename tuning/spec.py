@@ -16,13 +16,23 @@
     pruner: {kind: median, n_startup_trials: 2, n_warmup_steps: 1}
     budget: {epochs: 4}
     storage: null                      # null: sqlite:///<output_dir>/<name>/optuna.db
+    heartbeat_s: 30                    # running trials beat every 30 s (RDB/SQLite studies)
+    grace_s: null                      # silent that long (null: 2 x heartbeat_s) -> FAIL, retry
 
 :func:`load_spec` validates the whole spec before any trial starts: unknown spec fields, space
 keys that are not recipe keys (:func:`pipelines.config.recipe_keys`), empty or inverted
 ranges, bounds or choices the key rejects, a log range that is not positive, an objective
 that training does not report - each raises ONE :class:`SweepSpecError` naming the spec file
 and the key. ``pipelines.config.KeySpec.check`` judges each bound and choice, and a recipe is
-built at every corner of the space so that cross-key checks run too.
+built at every corner of the space so that cross-key checks run too. A pruner that could never
+act within ``budget.epochs`` and a ``grace_s`` not above ``heartbeat_s`` are refused too.
+
+``heartbeat_s`` / ``grace_s`` (integers, Optuna's ``heartbeat_interval`` / ``grace_period``):
+on an RDB or SQLite study the driver records a heartbeat of each of its running trials every
+``heartbeat_s``; a RUNNING trial silent for more than ``grace_s`` (its driver was killed or
+lost) is failed by whichever driver of the study notices and retried once. Optuna's journal
+storage has no heartbeat; there (and with ``heartbeat_s: null``) a rerun fails every RUNNING
+trial at its start, so only one driver may work on such a study at a time.
 """
 
 from __future__ import annotations
@@ -106,15 +116,19 @@ class SamplerSpec(_Strict):
 
 
 class PrunerSpec(_Strict):
-    """``median`` / ``percentile`` (settings of Optuna's pruners of those names), ``hyperband``
+    """``median`` / ``percentile`` (settings of Optuna's pruners of those names: n_startup_trials,
+    n_warmup_steps, percentile), ``successive_halving`` (asynchronous successive halving:
+    a trial goes past epoch ``min_resource * reduction_factor**k`` only if its value there is
+    in the top ``1/reduction_factor`` of the trials that reached it), ``hyperband``
     (min_resource, reduction_factor; max_resource = the budget's epochs) or ``none``."""
 
-    kind: Literal["median", "percentile", "hyperband", "none"] = "median"
+    kind: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_steps: int = Field(1, ge=0, description="epochs never pruned at the start")
     percentile: float = Field(50.0, gt=0, lt=100)
-    min_resource: int = Field(1, ge=1)
+    min_resource: int = Field(1, ge=1, description="epochs before the first rung")
     reduction_factor: int = Field(3, ge=2)
+    min_early_stopping_rate: int = Field(0, ge=0, description="successive_halving: rungs skipped")
 
 
 class BudgetSpec(_Strict):
@@ -135,6 +149,12 @@ class SweepSpec(_Strict):
     pruner: PrunerSpec = PrunerSpec()
     budget: BudgetSpec
     storage: str | None = None
+    heartbeat_s: int | None = Field(
+        30, ge=1, description="seconds between a running trial's heartbeats (null: none)"
+    )
+    grace_s: int | None = Field(
+        None, ge=1, description="heartbeat silence that fails a trial (null: 2 x heartbeat_s)"
+    )
     output_dir: str = "outputs/sweeps"
     max_failed_trials: int | None = Field(
         None, ge=0, description="failed trials tolerated per invocation (null: n_trials)"
@@ -147,6 +167,28 @@ class SweepSpec(_Strict):
             raise ValueError(f"parallel must be >= 1 or 'auto' (got {self.parallel})")
         if not self.space:
             raise ValueError("space is empty: name at least one recipe key to search")
+        pr, epochs = self.pruner, self.budget.epochs
+        if pr.kind == "successive_halving":
+            first = pr.min_resource * pr.reduction_factor**pr.min_early_stopping_rate
+            if first >= epochs:
+                raise ValueError(
+                    f"pruner: the first successive-halving rung is at epoch {first} "
+                    f"(min_resource x reduction_factor^min_early_stopping_rate) but "
+                    f"budget.epochs={epochs}: nothing could be pruned; lower min_resource"
+                )
+        if pr.kind == "hyperband" and pr.min_resource >= epochs:
+            raise ValueError(
+                f"pruner.min_resource={pr.min_resource} must be < budget.epochs={epochs} "
+                "(hyperband's max_resource): nothing could be pruned"
+            )
+        if self.heartbeat_s is None and self.grace_s is not None:
+            raise ValueError("grace_s needs heartbeat_s (the heartbeat it waits for)")
+        if self.heartbeat_s is not None and self.grace_s is not None:
+            if self.grace_s <= self.heartbeat_s:
+                raise ValueError(
+                    f"grace_s={self.grace_s} must be > heartbeat_s={self.heartbeat_s}, or "
+                    "live trials would be failed between two heartbeats"
+                )
         return self
 
     # -- derived ---------------------------------------------------------------------------

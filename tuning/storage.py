@@ -6,10 +6,14 @@ the rank-0 workers that report pruning values.
   SQLite breaks under writers on a shared file system).
 * an RDB URL (``postgresql://user:pw@host/db``, ``mysql+pymysql://...``): clusters.
 * ``journal:<file>``: Optuna's ``JournalStorage`` over a file on storage every node mounts.
+
+RDB and SQLite studies keep trial heartbeats (:mod:`tuning.heartbeat`); the installed Optuna's
+journal storage has none.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +68,23 @@ def check_cluster_storage(url: str, alive_nodes: int) -> None:
         )
 
 
-def open_storage(url: str) -> Any:
-    """The Optuna storage object of ``url``."""
+def supports_heartbeat(url: str) -> bool:
+    """Whether Optuna keeps trial heartbeats in this storage (RDB and SQLite: yes; the
+    installed Optuna's journal storage: no)."""
+    return not url.startswith(JOURNAL_PREFIX)
+
+
+def open_storage(
+    url: str,
+    *,
+    heartbeat_s: int | None = None,
+    grace_s: int | None = None,
+    on_stale: Callable[[Any, Any], None] | None = None,
+) -> Any:
+    """The Optuna storage object of ``url``. With ``heartbeat_s`` an RDB storage keeps trial
+    heartbeats (Optuna's ``heartbeat_interval``; ``grace_s`` = its ``grace_period``, None:
+    2 x heartbeat_s) and calls ``on_stale(study, trial)`` for each trial it fails as stale;
+    a journal storage ignores them (see :func:`supports_heartbeat`)."""
     import optuna
 
     if url.startswith(JOURNAL_PREFIX):
@@ -75,7 +94,18 @@ def open_storage(url: str) -> Any:
     engine_kwargs = (
         {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {}
     )
-    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    if heartbeat_s is None:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    from tuning.heartbeat import quiet_experimental
+
+    with quiet_experimental():
+        return optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=int(heartbeat_s),
+            grace_period=int(grace_s) if grace_s is not None else None,
+            heartbeat_stale_trial_callback=on_stale,
+        )
 
 
 __all__ = [
@@ -86,4 +116,5 @@ __all__ = [
     "describe_storage",
     "normalize_storage",
     "open_storage",
+    "supports_heartbeat",
 ]

@@ -15,9 +15,17 @@ tasks), capped by GPUs // workers for GPU recipes.
 * **Trial value**: the objective at the trial's best epoch (the trial recipe's registry
   selection is set to the objective, so its best checkpoint is that epoch's).
 * **Resume**: rerunning with the same study name continues the study: COMPLETE and PRUNED
-  trials are kept; trials still RUNNING were left by a driver that stopped (killed, node
-  lost): they are marked FAIL and their params enqueued again (user attr ``lstc.retry_of``),
-  so they run once more under a new trial number. One sweep driver per study at a time.
+  trials are kept. On an RDB or SQLite study (``heartbeat_s`` set, the default) the driver
+  records a heartbeat of each trial it runs (:mod:`tuning.heartbeat`); a RUNNING trial whose
+  heartbeat stopped for ``grace_s`` (its driver killed, its node lost) is failed and its
+  params enqueued once (Optuna's ``RetryHeartbeatStaleTrialCallback``, system attrs
+  ``failed_trial``/``retry_history``), checked at start and every ``heartbeat_s`` while the
+  sweep runs; trials of live drivers keep beating and are left alone, so several drivers can
+  share a study. A driver counts the study's RUNNING trials (its own and others') toward
+  ``n_trials`` and, once it has nothing left to start, waits for the others' to finish or go
+  stale (and then retries them). On a journal study (no heartbeats in the installed Optuna) or
+  with ``heartbeat_s: null`` a rerun fails every RUNNING trial at its start and enqueues its
+  params (user attr ``lstc.retry_of``): one sweep driver per such study at a time.
   The sweep ends when COMPLETE + PRUNED trials reach ``n_trials``.
 * **Failures**: a trial that raises is told FAIL, its error kept as the user attr
   ``lstc.error`` and as the MLflow child run's tag ``lstc.error`` (run status FAILED), and the
@@ -79,6 +87,7 @@ class TrialOutcome:
     best_checkpoint: str | None = None
     best_metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    lost: bool = False  # failed as stale by a driver before this one told it (retried there)
 
 
 @dataclass
@@ -154,23 +163,39 @@ class Sweep:
         self.progress = progress
         self.base = spec.base_recipe()
         self._lock = threading.Lock()
+        self.heartbeat: Any = None
+        self.stale_failed = 0
 
     # -- setup -----------------------------------------------------------------------------
     def _open_study(self) -> Any:
         import optuna
 
         from pipelines.ray_setup import alive_nodes
+        from tuning.heartbeat import RetryStale
         from tuning.pruning import build_pruner
         from tuning.storage import (
             check_cluster_storage,
             default_storage,
             normalize_storage,
             open_storage,
+            supports_heartbeat,
         )
 
         url = self.storage_arg or default_storage(self.spec.output_dir, self.study_name)
         self.storage_url = normalize_storage(url)
         check_cluster_storage(self.storage_url, alive_nodes())
+        self.heartbeat_on = self.spec.heartbeat_s is not None and supports_heartbeat(
+            self.storage_url
+        )
+        if self.heartbeat_on:
+            self.optuna_storage = open_storage(
+                self.storage_url,
+                heartbeat_s=self.spec.heartbeat_s,
+                grace_s=self.spec.grace_s,
+                on_stale=RetryStale(self._stale_failed),
+            )
+        else:
+            self.optuna_storage = open_storage(self.storage_url)
         s = self.spec.sampler
         sampler = (
             optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
@@ -180,7 +205,7 @@ class Sweep:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         return optuna.create_study(
             study_name=self.study_name,
-            storage=open_storage(self.storage_url),
+            storage=self.optuna_storage,
             sampler=sampler,
             pruner=build_pruner(self.spec.pruner, self.spec.budget.epochs),
             direction=self.spec.objective.direction,
@@ -222,11 +247,42 @@ class Sweep:
             study.set_user_attr(STUDY_ATTR_PARENT, tracker.run_id)
         return tracker
 
+    def _stale_failed(self, trial: Any) -> None:
+        """A trial this driver failed for its stopped heartbeat: its MLflow run failed too."""
+        from tuning.report import HEARTBEAT_STOPPED
+
+        with self._lock:
+            self.stale_failed += 1
+        print(
+            f"lstc sweep: trial {trial.number}: {HEARTBEAT_STOPPED}; failed"
+            + (
+                ", retried once"
+                if len(trial.system_attrs.get("retry_history") or []) < 1
+                else ", already a retry: not retried again"
+            ),
+            flush=True,
+        )
+        self._mark_child(self._find_child(trial.number), "FAIL", HEARTBEAT_STOPPED)
+
     def _recover(self, study: Any) -> int:
-        """Fail the trials a stopped driver left RUNNING and enqueue their params again."""
+        """Trials a stopped driver left RUNNING: with heartbeats, fail (and retry once) the
+        stale ones and give the others a heartbeat (:func:`tuning.heartbeat.adopt_running`);
+        without, fail every RUNNING trial and enqueue its params again."""
         import optuna
         from optuna.trial import TrialState
 
+        if self.heartbeat_on:
+            from tuning.heartbeat import adopt_running, fail_stale
+
+            fail_stale(study)
+            others = adopt_running(study, self.optuna_storage)
+            if others:
+                print(
+                    f"lstc sweep: trials {others} are RUNNING: left to their drivers while "
+                    f"they beat; failed and retried here after {self._grace_s()} s of silence",
+                    flush=True,
+                )
+            return self.stale_failed
         n = 0
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             optuna.trial.Trial(study, t._trial_id).set_user_attr(ATTR_ERROR, LEFT_RUNNING)
@@ -236,6 +292,30 @@ class Sweep:
                 study.enqueue_trial(dict(t.params), user_attrs={ATTR_RETRY_OF: t.number})
             n += 1
         return n
+
+    def _grace_s(self) -> int:
+        hb = int(self.spec.heartbeat_s or 0)
+        return int(self.spec.grace_s) if self.spec.grace_s is not None else 2 * hb
+
+    def _running_elsewhere(self, study: Any, ours: Any) -> list[int]:
+        """RUNNING trials of other drivers (heartbeat studies only; else none are waited on)."""
+        if not self.heartbeat_on:
+            return []
+        from optuna.trial import TrialState
+
+        mine = {t.number for t in ours}
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return [t.number for t in running if t.number not in mine]
+
+    def _ask(self, study: Any) -> Any:
+        """A new trial (an enqueued one first), beating from now on when heartbeats are on."""
+        from tuning.heartbeat import quiet_experimental
+
+        with quiet_experimental():
+            trial = study.ask()
+        if self.heartbeat is not None:
+            self.heartbeat.add(trial._trial_id)
+        return trial
 
     # -- one trial -------------------------------------------------------------------------
     def _trial_recipe(self, number: int, params: dict[str, Any]) -> Any:
@@ -328,6 +408,7 @@ class Sweep:
             warnings.warn(f"MLflow run {run_id}: trial state not recorded ({exc})", stacklevel=2)
 
     def _tell(self, study: Any, trial: Any, out: TrialOutcome) -> None:
+        from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         attrs = {
@@ -338,13 +419,25 @@ class Sweep:
             ATTR_METRICS: out.best_metrics,
             ATTR_ERROR: out.error,
         }
-        for k, v in attrs.items():
-            if v is not None:
-                trial.set_user_attr(k, v)
+        try:
+            for k, v in attrs.items():
+                if v is not None:
+                    trial.set_user_attr(k, v)
+        except UpdateFinishedTrialError:
+            pass  # failed as stale meanwhile: told below (skip_if_finished)
         if out.state == "COMPLETE":
-            frozen = study.tell(trial, out.value)
+            frozen = study.tell(trial, out.value, skip_if_finished=True)
         else:
-            frozen = study.tell(trial, state=TrialState[out.state])
+            frozen = study.tell(trial, state=TrialState[out.state], skip_if_finished=True)
+        if self.heartbeat is not None:
+            self.heartbeat.remove(trial._trial_id)
+        if frozen.state.name != out.state:
+            # its heartbeat was late by more than grace_s: a driver failed it and retried it
+            out.error = (
+                f"finished {out.state} but was already {frozen.state.name} in the study (its "
+                f"heartbeat was late by more than grace_s={self._grace_s()}); its retry counts"
+            )
+            out.state, out.lost = frozen.state.name, True
         out.value = frozen.value  # a pruned trial's: its last reported value
         self._mark_child(out.mlflow_run_id, out.state, out.error)
         value = frozen.value
@@ -371,6 +464,10 @@ class Sweep:
         self.parent_tracker = self._parent_tracker(study)
         self.parent_run_id = self.parent_tracker.run_id
         self.parent_tracker.set_tags({"lstc.n_trials": str(n_trials)})
+        if self.heartbeat_on:
+            from tuning.heartbeat import Heartbeat
+
+            self.heartbeat = Heartbeat(self.optuna_storage, float(self.spec.heartbeat_s or 1))
         recovered = self._recover(study)
         k = resolve_parallel(parallel or self.spec.parallel, self.base, n_trials)
         max_failed = (
@@ -390,14 +487,21 @@ class Sweep:
         running: dict[concurrent.futures.Future, Any] = {}
         failed_now = 0
         last_error = None
+        poll_s = float(self.spec.heartbeat_s) if self.heartbeat_on else None
+        waiting_for: list[int] = []
         try:
             while True:
+                if self.heartbeat_on:
+                    from tuning.heartbeat import fail_stale
+
+                    fail_stale(study)  # other drivers' trials that went silent
+                elsewhere = self._running_elsewhere(study, running.values())
                 while (
                     len(running) < k
-                    and finished() + len(running) < n_trials
+                    and finished() + len(running) + len(elsewhere) < n_trials
                     and failed_now <= max_failed
                 ):
-                    trial = study.ask()
+                    trial = self._ask(study)
                     params = self._suggest(trial)
                     fut = _start_thread(
                         self._run_trial,
@@ -408,15 +512,25 @@ class Sweep:
                     )
                     running[fut] = trial
                 if not running:
-                    break
+                    if not elsewhere or finished() >= n_trials or failed_now > max_failed:
+                        break
+                    if elsewhere != waiting_for:
+                        waiting_for = elsewhere
+                        print(
+                            f"lstc sweep: waiting for trials {elsewhere} of other drivers "
+                            f"(retried here if silent for {self._grace_s()} s)",
+                            flush=True,
+                        )
+                    threading.Event().wait(poll_s)
+                    continue
                 done, _ = concurrent.futures.wait(
-                    running, return_when=concurrent.futures.FIRST_COMPLETED
+                    running, timeout=poll_s, return_when=concurrent.futures.FIRST_COMPLETED
                 )
                 for fut in done:
                     trial = running.pop(fut)
                     out = fut.result()
                     self._tell(study, trial, out)
-                    if out.state == "FAIL":
+                    if out.state == "FAIL" and not out.lost:
                         failed_now += 1
                         last_error = out.error
                     self._announce(study, out, finished(), n_trials, bar)
@@ -427,6 +541,9 @@ class Sweep:
         finally:
             if bar is not None:
                 bar.close()
+            if self.heartbeat is not None:
+                self.heartbeat.close()
+                self.heartbeat = None
         if failed_now > max_failed:
             log_report(study, self.parent_tracker)
             self.parent_tracker.end("FAILED")

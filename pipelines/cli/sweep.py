@@ -6,7 +6,9 @@ training run with its own Ray Train workers and run name <sweep>-trial-<N>; epoc
 fall behind are pruned; every trial is a child of the sweep's MLflow parent run, which gets
 the trials table, the best params and Optuna's plots; the best trial's model is registered.
 Rerunning the same command continues the study: finished trials are kept, trials a stopped
-sweep left running are retried. The spec is checked before any trial starts (exit code 2).
+sweep left running are failed and retried once (on RDB/SQLite studies when their heartbeat has
+been silent for the spec's grace_s; trials of drivers still running are left alone). The spec
+is checked before any trial starts (exit code 2).
 """
 
 from __future__ import annotations
