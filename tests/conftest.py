@@ -33,6 +33,36 @@ def free_port() -> int:
     return pick()
 
 
+#: process-wide settings that product code writes into os.environ (a Tracker on a server
+#: shortens MLflow's HTTP timeouts, `lstc runs` too; registry's helpers set the tracking URI and
+#: experiment): put back after every test, so no test runs with what an earlier one left behind
+RESTORED_ENV = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER",
+    "RAY_ADDRESS",
+)
+
+
+@pytest.fixture(autouse=True)
+def _restore_process_env():
+    """Environment hygiene: :data:`RESTORED_ENV` as before the test (fixtures of a wider scope
+    are set up before, so what they set stays until their own teardown)."""
+    before = {k: os.environ.get(k) for k in RESTORED_ENV}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One real local Ray instance on 127.0.0.1 for the whole test session.
