@@ -22,14 +22,18 @@ constructor arguments hold actor handles, which Ray Core reports with an error-l
 on: there it lets preemptions retry without using up ``train.max_failures``.
 
 Signals: :class:`SignalStop` turns SIGTERM/SIGINT into an orderly stop of the work under way,
-reported as :class:`StoppedBySignal` (the CLI exits with 128 + the signal number).
+reported as :class:`StoppedBySignal` (the CLI exits with 128 + the signal number). How long
+the orderly stop may take before it counts as a second signal: ``LSTC_STOP_GRACE_S`` seconds
+(default 10; :func:`stop_grace_s`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -173,6 +177,34 @@ class StoppedBySignal(Exception):
         return 128 + self.signum
 
 
+#: environment variable: seconds an orderly stop may take (:class:`SignalStop`'s ``grace_s``)
+STOP_GRACE_ENV = "LSTC_STOP_GRACE_S"
+DEFAULT_STOP_GRACE_S = 10.0
+
+
+def stop_grace_s() -> float:
+    """``LSTC_STOP_GRACE_S`` (seconds, > 0) or :data:`DEFAULT_STOP_GRACE_S`. An orderly stop
+    (a Ray Train abort) that takes longer, e.g. on a heavily loaded machine, counts as a second
+    signal: the forced stop."""
+    raw = os.environ.get(STOP_GRACE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_STOP_GRACE_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:  # also NaN
+        warnings.warn(
+            f"{STOP_GRACE_ENV}={raw!r} is not a number of seconds > 0 (how long a stop on "
+            f"SIGTERM/SIGINT may take before it is forced): using {DEFAULT_STOP_GRACE_S:g}; "
+            "set it to e.g. 60 or unset it",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return DEFAULT_STOP_GRACE_S
+    return value
+
+
 class SignalStop:
     """SIGTERM and SIGINT (what ``kill``, Slurm, Kubernetes and Ctrl-C send) as a request to
     stop, while :meth:`install`-ed in the main thread.
@@ -183,8 +215,8 @@ class SignalStop:
     on any further signal, the handler raises ``KeyboardInterrupt``: the one exception Ray's
     blocking calls (``ray.get`` and what waits on it) pass on from a signal handler, so the
     work under way ends at once. An orderly stop that has not ended the blocking call after
-    ``grace_s`` (:meth:`settled` not called) counts as a second signal
-    (:attr:`grace_expired`): when the signal went to the whole process group or job (Slurm
+    ``grace_s`` (default :func:`stop_grace_s`; :meth:`settled` not called) counts as a second
+    signal (:attr:`grace_expired`): when the signal went to the whole process group or job (Slurm
     signals every process of a job), Ray's own processes are gone and nothing would ever
     answer. The caller then sees :attr:`signum` set and reports the stop
     (as :class:`StoppedBySignal`), after running the callbacks given to :meth:`on_stop`
@@ -197,10 +229,13 @@ class SignalStop:
     """
 
     def __init__(
-        self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT), *, grace_s: float = 10.0
+        self,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        *,
+        grace_s: float | None = None,
     ) -> None:
         self.signals = tuple(signals)
-        self.grace_s = grace_s
+        self.grace_s = stop_grace_s() if grace_s is None else grace_s
         self.signum: int | None = None
         self.graceful: Callable[[], bool] | None = None
         self.graceful_started = False

@@ -120,6 +120,22 @@ def test_an_orderly_stop_that_never_ends_is_interrupted_after_the_grace_period()
         settled.restore()
 
 
+def test_grace_period_comes_from_the_environment(monkeypatch):
+    """``LSTC_STOP_GRACE_S`` sets how long the orderly stop may take (default 10 s); a value
+    that is not a number of seconds > 0 warns, naming it, and the default holds."""
+    from pipelines.ray_setup import STOP_GRACE_ENV, SignalStop
+
+    monkeypatch.delenv(STOP_GRACE_ENV, raising=False)
+    assert SignalStop().grace_s == 10.0
+    monkeypatch.setenv(STOP_GRACE_ENV, " 2.5 ")
+    assert SignalStop().grace_s == 2.5
+    assert SignalStop(grace_s=0.2).grace_s == 0.2  # an explicit value wins
+    for bad in ("abc", "0", "-3", "nan"):
+        monkeypatch.setenv(STOP_GRACE_ENV, bad)
+        with pytest.warns(RuntimeWarning, match=f"LSTC_STOP_GRACE_S='{bad}' is not a number"):
+            assert SignalStop().grace_s == 10.0
+
+
 def _fake_run_dir(root: Path, events: list[dict], checkpoint_epoch: int | None) -> Path:
     from pipelines.checkpoint import MODEL_FILE, RECIPE_FILE
 
@@ -291,13 +307,18 @@ def _ray_processes(tmpdir: str) -> list[int]:
     return pids
 
 
+#: bound on a run reaching the point where the test signals it (its own Ray instance started,
+#: an epoch trained and checkpointed: under a minute idle, 10x that on a loaded 2-core box)
+REACH_TIMEOUT_S = 900
+
+
 def _wait_for(cond: Callable[[], bool], proc: subprocess.Popen, err: Path, what: str) -> None:
-    deadline = time.monotonic() + 420
+    deadline = time.monotonic() + REACH_TIMEOUT_S
     while not cond():
         if proc.poll() is not None:
             pytest.fail(f"lstc train exited ({proc.returncode}) before {what}:\n{_tail(err)}")
         if time.monotonic() > deadline:
-            pytest.fail(f"no {what} after 420 s:\n{_tail(err)}")
+            pytest.fail(f"no {what} after {REACH_TIMEOUT_S} s:\n{_tail(err)}")
         time.sleep(0.2)
 
 
@@ -350,6 +371,9 @@ def _epochs_started(events: list[dict], driver: int) -> list[int]:
     return [e["epoch"] for e in part if e["event"] == "epoch_start"]
 
 
+GRACE_S = 120  # LSTC_STOP_GRACE_S of the runs below
+
+
 @pytest.mark.slow
 def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tmp_path):
     from mlflow import MlflowClient
@@ -372,6 +396,11 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
     ray_tmp = tempfile.mkdtemp(prefix="lstc-sig-", dir="/tmp")  # short: Ray's socket paths
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["RAY_TMPDIR"] = ray_tmp  # its own local Ray instance, whose processes we can find
+    # The orderly stop (abort Ray Train) must end within the grace period, else it is forced
+    # and aborted_ray_train is false: 10 s by default, which a Ray Train abort (actor calls,
+    # worker and placement group teardown) can pass on a loaded 2-core box. The test checks
+    # the orderly stop, not the clock; the forced stop has its unit test above.
+    env["LSTC_STOP_GRACE_S"] = str(GRACE_S)
 
     def start(tag: str) -> tuple[subprocess.Popen, Path, Path]:
         out, err = tmp_path / f"{tag}.out", tmp_path / f"{tag}.err"
@@ -394,7 +423,7 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
                 os.killpg(proc.pid, sig)
             else:
                 proc.send_signal(sig)
-            rc = proc.wait(timeout=180)
+            rc = proc.wait(timeout=GRACE_S + 300)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -438,7 +467,7 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
         assert epoch in started and started[-1] <= epoch + 1
         run = MlflowClient(tracking_uri=uri).get_run(run_id)
         assert run.info.status == "KILLED"
-        deadline = time.monotonic() + 60  # the local Ray instance is shut down
+        deadline = time.monotonic() + 300  # the local Ray instance is shut down (a bound)
         while _ray_processes(ray_tmp) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _ray_processes(ray_tmp) == []
@@ -459,7 +488,7 @@ def test_sigterm_and_sigint_stop_train_cleanly_and_reruns_resume(tiny_shards, tm
         # 3. the same command resumes after epoch 2 and finishes
         proc, out3, err3 = start("third")
         try:
-            rc = proc.wait(timeout=600)
+            rc = proc.wait(timeout=2 * REACH_TIMEOUT_S)
         finally:
             if proc.poll() is None:
                 proc.kill()
