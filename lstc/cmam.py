@@ -12,11 +12,13 @@ Two CMAMs: :class:`ReleaseCMAM` is the CSTM release's module, layer for layer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstc.layers import coords_like, group_norm, masked_softmax, zero_init
+from lstc.layers import WordMask, coords_like, group_norm, zero_init
 
 
 class CMAM(nn.Module):
@@ -56,29 +58,58 @@ class CMAM(nn.Module):
         self.modulation = zero_init(nn.Linear(lang_dim, channels))
 
     def word_weights(
-        self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+        self,
+        context: torch.Tensor,
+        words: torch.Tensor,
+        mask: WordMask,
+        queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``a [B, L]`` from context features ``V' [B, C, N]``."""
+        """``a [B, 1, L]`` from context features ``V' [B, C, N]`` (`queries`: ``W_q W + b_q``
+        when already computed, see :func:`word_queries`)."""
         # sum_n (W_p V'_n + b_p) = W_p (sum_n V'_n) + N b_p: sum first, project once  [B, D]
-        n = context.shape[-1]
-        pooled = F.linear(context.sum(-1), self.vis_proj.weight.flatten(1), n * self.vis_proj.bias)
-        scores = torch.einsum("bld,bd->bl", self.word_proj(words), pooled)
-        scores = scores.masked_fill(~mask, 0.0)
-        scores = scores / scores.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        return masked_softmax(self.log_tau.exp() * scores, mask, dim=1)
+        pooled = torch.addmm(
+            self.vis_proj.bias,
+            context.sum(-1),
+            self.vis_proj.weight.flatten(1).t(),
+            beta=context.shape[-1],
+        )
+        q = self.word_proj(words) if queries is None else queries  # [B, L, D]
+        # s_i = <q_i, pooled>, 0 on padding words  [B, 1, L]
+        scores = torch.bmm(pooled.unsqueeze(1), q.transpose(1, 2)) * mask.weight
+        # tau * s / ||s||, plus the padding bias, in one op
+        scale = self.log_tau.exp() / scores.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return torch.softmax(torch.addcmul(mask.bias, scores, scale), dim=-1) * mask.weight
 
     def forward(
-        self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+        self,
+        v: torch.Tensor,
+        words: torch.Tensor,
+        mask: torch.Tensor | WordMask,
+        queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the modulated features, the sentence vector ``l [B, D]`` and the context
-        features ``V'`` (both feature maps shaped like `v`)."""
+        features ``V'`` (both feature maps shaped like `v`). `mask`: ``[B, L]`` bool or the
+        forward's shared :class:`~lstc.layers.WordMask`."""
+        if not isinstance(mask, WordMask):
+            mask = WordMask.of(mask, words.dtype)
         x = torch.cat([v, coords_like(v)], dim=1).flatten(2)
         context = self.context(x)  # [B, C, N]
-        alpha = self.word_weights(context, words, mask)
-        sentence = torch.einsum("bl,bld->bd", alpha, words)
+        alpha = self.word_weights(context, words, mask, queries)
+        sentence = torch.bmm(alpha, words).squeeze(1)  # [B, D]
         gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
-        out = v.flatten(2) + context * gate.unsqueeze(-1)
+        out = torch.addcmul(v.flatten(2), context, gate.unsqueeze(-1))
         return out.view_as(v), sentence, context.view_as(v)
+
+
+def word_queries(cmams: Sequence[CMAM], words: torch.Tensor) -> list[torch.Tensor]:
+    """``W_q^k W + b_q^k`` of every stage k for words that do not change between the stages
+    (plain CMAM, no CMAM+ update): one matmul with the stages' weights concatenated at call
+    time (the parameters stay per stage)."""
+    if len(cmams) == 1:
+        return [cmams[0].word_proj(words)]
+    weight = torch.cat([c.word_proj.weight for c in cmams])
+    bias = torch.cat([c.word_proj.bias for c in cmams])
+    return list(F.linear(words, weight, bias).chunk(len(cmams), dim=-1))
 
 
 class ReleaseCMAM(nn.Module):
@@ -117,18 +148,21 @@ class ReleaseCMAM(nn.Module):
         self.modulation = zero_init(nn.Linear(lang_dim, channels))
 
     def forward(
-        self, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        v: torch.Tensor,
+        words: torch.Tensor,
+        mask: torch.Tensor | WordMask | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the modulated features, ``l [B, D]`` and ``V'`` (shaped like `v`)."""
         context = self.context(torch.cat([v, coords_like(v)], dim=1))
         key_sum = self.key(context).flatten(2).sum(-1)  # sum_n K_n  [B, D]
         query = self.query(words.transpose(1, 2))  # [B, D, L]
-        scores = F.normalize(torch.einsum("bd,bdl->bl", key_sum, query), p=2, dim=1)
-        alpha = torch.softmax(scores, dim=1)
-        sentence = torch.einsum("bl,bld->bd", alpha, words)
+        scores = torch.bmm(key_sum.unsqueeze(1), query)  # [B, 1, L]
+        alpha = torch.softmax(F.normalize(scores, p=2, dim=-1), dim=-1)
+        sentence = torch.bmm(alpha, words).squeeze(1)  # [B, D]
         gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
         gate = gate.view(*gate.shape, *([1] * (v.dim() - 2)))
-        return v + context * gate, sentence, context
+        return torch.addcmul(v, context, gate), sentence, context
 
 
 class LanguageUpdate(nn.Module):
@@ -171,14 +205,17 @@ class LanguageUpdate(nn.Module):
         return F.adaptive_avg_pool2d(v, size)
 
     def forward(
-        self, context: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | None = None
+        self,
+        context: torch.Tensor,
+        words: torch.Tensor,
+        mask: torch.Tensor | WordMask | None = None,
     ) -> torch.Tensor:
         """`context`: CMAM's ``V'`` ``[B, C, *S]``; returns the refined words ``[B, L, D]``."""
-        u = self._pool(context).flatten(2).transpose(1, 2)  # [B, N', C]
         b, length, d = words.shape
         dh = d // self.heads
-        # the 1x1 conv as one matmul over positions-major features (fewer copies than Conv1d)
-        kv = F.linear(u, self.kv.weight.flatten(1), self.kv.bias)  # [B, N', 2D]
+        # [W_k; W_v] U as one 1x1 conv, then positions-major: the fused attention kernel
+        # wants each head's features contiguous
+        kv = self.kv(self._pool(context).flatten(2)).transpose(1, 2).contiguous()  # [B, N', 2D]
         k, v = kv.view(b, -1, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, h, N', dh] each
         q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
         ctx = F.scaled_dot_product_attention(q, k, v)  # [B, h, L, dh]

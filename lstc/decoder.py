@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lstc.lasp import LASP
+from lstc.lasp import LASP, language_terms
 from lstc.layers import ConvNormAct, resize_to
 
 
@@ -135,12 +135,14 @@ class Decoder(nn.Module):
         levels = len(self.fusions)
         s_feats = list(reversed(spatial)) if spatial is not None else [None] * levels
         t_feats = list(reversed(temporal)) if temporal is not None else [None] * levels
+        # the sentence-only terms of every LASP in one matmul
+        terms = language_terms(self.lasps, sentence) if self.lasps is not None else None
         d = self.fusions[0](s_feats[0], t_feats[0])
         aux, fg = [self.heads[0](d)], []
         for i in range(1, levels):
             x = self.fusions[i](s_feats[i], t_feats[i])
             if self.lasps is not None:
-                x, phi = self.lasps[i - 1](d, x, sentence)
+                x, phi = self.lasps[i - 1](d, x, sentence, terms[i - 1])
                 fg.append(phi)
             up = resize_to(self.reduces[i - 1](d), x.shape[-2:])
             d = self.merges[i - 1](x + up)
@@ -260,12 +262,13 @@ class ReleaseDecoder(nn.Module):
         levels = len(self.fuse1)
         s_feats = list(reversed(spatial)) if spatial is not None else [None] * levels
         t_feats = list(reversed(temporal)) if temporal is not None else [None] * levels
+        terms = language_terms(self.lasps, sentence) if self.lasps is not None else None
         d = self._level(0, s_feats[0], t_feats[0])
         aux, fg = [self.heads[0](d)], []
         for i in range(1, levels):
             x = self._level(i, s_feats[i], t_feats[i])
             if self.lasps is not None:
-                x, phi = self.lasps[i - 1](d, x, sentence)
+                x, phi = self.lasps[i - 1](d, x, sentence, terms[i - 1])
                 fg.append(phi)
             d = self.fuse2[i - 1](torch.cat([up2(d, x.shape[-2:]), x], dim=1))
             aux.append(self.heads[i](d))

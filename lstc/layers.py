@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -93,11 +94,23 @@ def coords_like(x: torch.Tensor) -> torch.Tensor:
     return c.view(view).expand(shape)
 
 
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Softmax over `dim` where ``mask`` is False gets exactly zero weight."""
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=dim)
-    return weights * mask.to(weights.dtype)
+class WordMask(NamedTuple):
+    """A padding mask ``M [B, L]`` (True = a real word) in the forms CMAM uses, built once
+    per forward and shared by every stage of both streams (instead of ``~M``, casts and
+    ``masked_fill`` per stage): ``weight = M`` as ``[B, 1, L]`` in the features' dtype, and
+    ``bias`` = 0 on real words, the dtype's lowest finite value on padding.
+
+    ``softmax(s + bias) * weight`` is the masked softmax: padding gets exactly zero weight
+    (``exp(lowest - max) = 0``; the final product also zeroes rows without any real word)."""
+
+    valid: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    @classmethod
+    def of(cls, mask: torch.Tensor, dtype: torch.dtype) -> WordMask:
+        weight = mask.to(dtype).unsqueeze(1)
+        return cls(mask, weight, (1 - weight) * torch.finfo(dtype).min)
 
 
 def masked_mean(words: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -30,11 +30,11 @@ import torch
 from torch import nn
 
 from lstc.backbones import SpatialEncoder, TemporalEncoder, aligned_slice
-from lstc.cmam import CMAM, LanguageUpdate, ReleaseCMAM
+from lstc.cmam import CMAM, LanguageUpdate, ReleaseCMAM, word_queries
 from lstc.config import GLOVE_TEXT, NUM_STAGES, ModelConfig
 from lstc.decoder import Decoder, ReleaseDecoder
 from lstc.glove import GloveGRUEncoder, GloveTokenizer
-from lstc.layers import masked_mean
+from lstc.layers import WordMask, masked_mean
 from lstc.text import TextEncoder, TextTokenizer
 
 
@@ -79,14 +79,23 @@ class VisualStream(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, words: torch.Tensor, mask: torch.Tensor
+        self, x: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | WordMask
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         feats = []
+        if not isinstance(mask, WordMask):
+            mask = WordMask.of(mask, words.dtype)
+        # plain CMAM (ours) sees the same words at every stage: all word projections at once
+        queries: list[torch.Tensor | None] = [None] * NUM_STAGES
+        if self.updates is None and self.cmams is not None and isinstance(self.cmams[0], CMAM):
+            queries = word_queries(self.cmams, words)
         x = self.encoder.normalize(x)
         for k in range(NUM_STAGES):
             x = self.encoder.stages[k](x)
             if self.cmams is not None:
-                x, _, context = self.cmams[k](x, words, mask)
+                if queries[k] is None:
+                    x, _, context = self.cmams[k](x, words, mask)
+                else:
+                    x, _, context = self.cmams[k](x, words, mask, queries[k])
                 if self.updates is not None:
                     words = self.updates[k](context, words, mask)
             feats.append(x)
@@ -214,14 +223,15 @@ class LSTC(nn.Module):
                 f"clip must be [B, 3, T={cfg.num_frames}, H, W] in [0, 1], got {tuple(clip.shape)}"
             )
         words, mask = self.encode_text(input_ids, attention_mask)
+        word_mask = WordMask.of(mask, words.dtype)  # once for every CMAM of both streams
         out_size = (clip.shape[-2], clip.shape[-1])
         spatial_feats = temporal_feats = None
         final_words = []
         if self.spatial is not None:
-            spatial_feats, w = self.spatial(clip[:, :, cfg.target_index], words, mask)
+            spatial_feats, w = self.spatial(clip[:, :, cfg.target_index], words, word_mask)
             final_words.append(w)
         if self.temporal is not None:
-            feats, w = self.temporal(clip, words, mask)
+            feats, w = self.temporal(clip, words, word_mask)
             temporal_feats = [
                 aligned_slice(f, target_index=cfg.target_index, num_frames=cfg.num_frames)
                 for f in feats
