@@ -34,7 +34,12 @@ def cluster(tmp_path_factory):
         c.stop()
 
 
-def lstc(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+#: bound on one `lstc submit` (a two-node training run over S3: minutes idle, and any step
+#: may take 10x its idle time on a loaded 2-core box)
+SUBMIT_TIMEOUT_S = 1800
+
+
+def lstc(*args: str, env: dict[str, str] | None = None, timeout: float = SUBMIT_TIMEOUT_S):
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *args],
         cwd=ROOT,
@@ -363,6 +368,82 @@ def test_submit_eval_reproduces_the_logged_validation_metrics(
     assert checked == 6 and evaluated["num_samples"] == summary["best_metrics"]["val/num_samples"]
 
 
+def test_submit_sweep_runs_its_trials_on_the_cluster_with_a_journal_study(
+    cluster, two_node_run, tracking_server, job_env, tmp_path
+):
+    """`lstc submit sweep` of a 2-trial sweep (1 epoch, both trials at once, one worker each)
+    on the S3 shards: the study is a journal file every node reaches (SQLite is refused on
+    two nodes), MLflow is the tracking server. The study has 2 COMPLETE trials with distinct
+    params, each with the epoch-1 value its rank 0 reported from a worker; the server has the
+    sweep's parent run with both trials as children (params, states) and the best trial's
+    model registered from its own run; each trial's run folder is on S3."""
+    import optuna
+    import yaml
+    from mlflow import MlflowClient
+
+    from data_prep.storage import list_files
+    from tuning.storage import open_storage
+
+    study_file = tmp_path / "study.log"
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cluster-sweep",
+                "recipe": str(ROOT / "configs" / "refer_shapes_tiny.yaml"),
+                "overrides": [
+                    "train.num_workers=1",
+                    "data.cache_train=false",
+                    "tracking.num_overlays=0",
+                    "tracking.system_metrics=false",
+                    "tracking.experiment=lstc-cluster-sweep",
+                    "registry.model_name=lstc-cluster-sweep",
+                    "train.max_failures=0",
+                ],  # fmt: skip
+                "space": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+                "n_trials": 2,
+                "parallel": 2,
+                "sampler": {"kind": "tpe", "seed": 0},
+                "budget": {"epochs": 1},
+                "storage": f"journal:{study_file}",
+            }
+        )
+    )
+    runs = f"s3://{BUCKET}/sweep-runs"
+    r = lstc(
+        "submit", "--address", cluster.jobs_address, "sweep", str(spec),
+        f"data.root={two_node_run['shards']}", f"train.storage_path={runs}", "--no-progress",
+        env=job_env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    study = optuna.load_study(
+        study_name="cluster-sweep", storage=open_storage(f"journal:{study_file}")
+    )
+    trials = study.trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert trials[0].params["optim.lr"] != trials[1].params["optim.lr"]
+    for t in trials:
+        assert list(t.intermediate_values) == [1]  # reported by the trial's rank 0
+        assert t.intermediate_values[1] == pytest.approx(t.value)
+        assert "summary.json" in list_files(f"{runs}/cluster-sweep-trial-{t.number}")
+
+    client = MlflowClient(tracking_uri=tracking_server)
+    exp = client.get_experiment_by_name("lstc-cluster-sweep")
+    parents = client.search_runs([exp.experiment_id], "attributes.run_name = 'cluster-sweep'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    by_number = {int(c.data.tags["lstc.trial_number"]): c for c in children}
+    assert sorted(by_number) == [0, 1]
+    for t in trials:
+        child = by_number[t.number]
+        assert child.info.run_id == t.user_attrs["lstc.mlflow_run_id"]
+        assert child.data.tags["lstc.trial_state"] == "COMPLETE"
+        assert float(child.data.params["optim.lr"]) == pytest.approx(t.params["optim.lr"])
+    version = client.get_model_version_by_alias("lstc-cluster-sweep", "champion")
+    assert version.run_id == study.best_trial.user_attrs["lstc.mlflow_run_id"]
+
+
 def test_storage_failure_during_a_checkpoint_upload_resumes_from_the_last_complete_one(
     cluster, s3, two_node_run, job_env
 ):
@@ -447,23 +528,26 @@ def test_node_failure_mid_training_resumes_once_capacity_is_back(
         return jobs.get_job_logs(job)[-4000:]
 
     both = [pause / f"paused-rank{r}" for r in (0, 1)]
-    wait_until(lambda: all(p.exists() for p in both) or finished(), "both ranks to pause", 600)
+    # bounds on condition polls, at 10x the idle time (a loaded 2-core box): no cost when fast
+    wait_until(lambda: all(p.exists() for p in both) or finished(), "both ranks to pause", 1800)
     assert not finished(), logs()
-    wait_until(lambda: (latest_checkpoint(run_dir) or (0,))[0] == 1, "Ray to record epoch 1", 120)
+    wait_until(lambda: (latest_checkpoint(run_dir) or (0,))[0] == 1, "Ray to record epoch 1", 600)
     node1 = cluster.node("node1")
     node1.kill(signal.SIGKILL)
     assert not node1.alive()
-    wait_until(lambda: cluster.node_id(node1) is None, "the GCS to see node1 dead", 120)
+    wait_until(lambda: cluster.node_id(node1) is None, "the GCS to see node1 dead", 600)
 
     def waiting_for_capacity() -> bool:
         rows = cluster._get("/api/v0/placement_groups?detail=true&limit=100")
         states = [p["state"] for p in rows["data"]["result"]["result"]]
         return any(st in ("PENDING", "RESCHEDULING") for st in states) or finished()
 
-    wait_until(waiting_for_capacity, "the controller to wait for a placement group", 180)
+    wait_until(waiting_for_capacity, "the controller to wait for a placement group", 600)
     assert not finished(), logs()
     fresh = cluster.add_node("node1", num_cpus=2)
-    assert wait(job, address=cluster.jobs_address, timeout_s=600) == "SUCCEEDED", logs()
+    assert wait(job, address=cluster.jobs_address, timeout_s=SUBMIT_TIMEOUT_S) == "SUCCEEDED", (
+        logs()
+    )
 
     assert events_of(run_dir, "attempt_start", "start_epoch") == [1, 2]
     assert events_of(run_dir, "epoch_start", "epoch") == [1, 2]
