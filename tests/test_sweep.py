@@ -238,7 +238,8 @@ def test_heartbeat_fails_only_silent_trials_and_retries_each_once(tmp_path):
     heartbeat is an hour old is failed and retried once; a trial that keeps beating (our
     Heartbeat thread, every 0.2 s) is left alone; a trial that never beat is given a heartbeat
     by adopt_running and goes stale only once that one is old; a retry that goes silent too
-    is failed and not retried again."""
+    is failed and not retried again; a driver's own beat right before the check keeps its
+    trials alive even when its heartbeat thread fell behind."""
     import optuna
 
     from tuning.heartbeat import (
@@ -305,8 +306,21 @@ def test_heartbeat_fails_only_silent_trials_and_retries_each_once(tmp_path):
         assert study.trials[4].system_attrs["retry_history"] == [2]
     finally:
         beats.close()
-    study.tell(live.number, 1.0)
-    assert study.trials[1].state.name == "COMPLETE"
+    # a driver whose heartbeat thread fell behind (an hour here): the beat it gives its own
+    # trials right before the stale check (what the sweep loop does) keeps them alive ...
+    late = Heartbeat(storage, 3600)
+    try:
+        late.add(live._trial_id)
+        backdate_heartbeat(url, live._trial_id, 3600)
+        late.beat_now()
+        fail_stale(study)
+        assert study.trials[1].state.name == "RUNNING" and sorted(failed) == [0, 2, 3]
+        # ... which without that beat would have been failed
+        backdate_heartbeat(url, live._trial_id, 3600)
+        fail_stale(study)
+        assert study.trials[1].state.name == "FAIL" and sorted(failed) == [0, 1, 2, 3]
+    finally:
+        late.close()
 
 
 def test_journal_study_rerun_fails_every_running_trial(ray_local, tmp_path):

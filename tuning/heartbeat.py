@@ -75,10 +75,15 @@ class Heartbeat:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            with self._lock:
-                ids = sorted(self._ids)
-            for trial_id in ids:
-                self._beat(trial_id)
+            self.beat_now()
+
+    def beat_now(self) -> None:
+        """Beat for every added trial at once (the driver does so right before it looks for
+        stale trials, so a late heartbeat thread never makes it fail its own live trials)."""
+        with self._lock:
+            ids = sorted(self._ids)
+        for trial_id in ids:
+            self._beat(trial_id)
 
     def add(self, trial_id: int) -> None:
         """Beat for ``trial_id`` now and from now on."""

@@ -491,9 +491,10 @@ class Sweep:
         waiting_for: list[int] = []
         try:
             while True:
-                if self.heartbeat_on:
+                if self.heartbeat is not None:
                     from tuning.heartbeat import fail_stale
 
+                    self.heartbeat.beat_now()  # ours are fresh, whatever the thread's delay
                     fail_stale(study)  # other drivers' trials that went silent
                 elsewhere = self._running_elsewhere(study, running.values())
                 while (
