@@ -1,18 +1,23 @@
 """Sweep efficiency: the same sweep budget with and without pruning, over several seeds.
 
-    python benchmarks/sweep_efficiency.py [--trials 8] [--epochs 4] [--seeds 0 1] \
-        [--parallel 2] [--videos 12] [--pruner median]
+    python benchmarks/sweep_efficiency.py [--trials 12] [--epochs 4] [--seeds 0 1] \
+        [--parallel 2] [--videos 12] [--pruner successive_halving] [--reduction-factor 2] \
+        [--min-resource 1] [--sampler tpe]
 
 For each sampler seed, runs ``configs/sweeps/refer_shapes_tiny.yaml`` (TPE over lr, weight
 decay, pos_weight, LASP; 1 CPU worker per trial) twice on the same tiny synthetic shards with
-the same budget (``--trials`` trials of ``--epochs`` epochs): once with the pruner
-(``--pruner``, median by default: pruned after an epoch below the median of the complete
-trials at that epoch) and once with ``pruner.kind=none``. It prints, per run and summed:
+the same budget (``--trials`` trials of ``--epochs`` epochs): once with the pruner and once
+with ``pruner.kind=none``. The default pruner is asynchronous successive halving
+(``--min-resource`` 1, ``--reduction-factor`` 2: rungs after epochs 1, 2, 4; a trial goes past
+a rung only if its value there is in the top half of the trials that reached it); ``median`` /
+``percentile`` (``--warmup``, ``--startup``) and ``hyperband`` are there to compare. Both
+sweeps of a seed start from the same sampler seed, so they differ only by what pruning changes
+(which trials finish, and what TPE learns from them). It prints, per run, per seed and summed:
 
 * trial-epochs spent (epochs trained over all trials; a pruned trial stops early);
 * the best score reached (best trial's val mean IoU at its best epoch);
-* the ratio pruned/unpruned of trial-epochs (target <= 0.6) and whether the pruned sweep's
-  best is equal or better.
+* the ratio pruned/unpruned of trial-epochs (target <= 0.6), per seed and over all seeds;
+* whether the pruned sweep's best is equal or better, per seed and for the mean over seeds.
 
 Each sweep is its own study (SQLite under a temp folder) and MLflow store; nothing is
 registered in a store of yours. Everything is local, offline and CPU only.
@@ -36,6 +41,19 @@ SPEC = REPO / "configs" / "sweeps" / "refer_shapes_tiny.yaml"
 from train_throughput import make_shards  # noqa: E402 - the same tiny refer-shapes shards
 
 
+def pruner_settings(kind: str, args: argparse.Namespace) -> dict:
+    """The spec's ``pruner`` block for ``kind`` (``none``: no pruning)."""
+    if kind in ("median", "percentile"):
+        return {"kind": kind, "n_startup_trials": args.startup, "n_warmup_steps": args.warmup}
+    if kind in ("successive_halving", "hyperband"):
+        return {
+            "kind": kind,
+            "min_resource": args.min_resource,
+            "reduction_factor": args.reduction_factor,
+        }
+    return {"kind": "none"}
+
+
 def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Namespace) -> dict:
     from tuning.spec import load_spec
     from tuning.sweep import run_sweep
@@ -56,8 +74,8 @@ def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Nam
         n_trials=args.trials,
         parallel=args.parallel,
         output_dir=str(folder / "sweeps"),
-        sampler={"kind": "tpe", "seed": seed, "n_startup_trials": args.startup},
-        pruner={"kind": pruner, "n_startup_trials": args.startup, "n_warmup_steps": 1},
+        sampler={"kind": args.sampler, "seed": seed, "n_startup_trials": args.startup},
+        pruner=pruner_settings(pruner, args),
         budget={"epochs": args.epochs},
     )
     t0 = time.perf_counter()
@@ -74,13 +92,21 @@ def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Nam
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--trials", type=int, default=8, help="finished trials per sweep")
+    ap.add_argument("--trials", type=int, default=12, help="finished trials per sweep")
     ap.add_argument("--epochs", type=int, default=4, help="epochs per trial (the budget)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="sampler seeds")
     ap.add_argument("--parallel", type=int, default=2, help="trials at once")
     ap.add_argument("--startup", type=int, default=2, help="trials before TPE and pruning")
     ap.add_argument("--videos", type=int, default=12, help="synthetic videos of the shards")
-    ap.add_argument("--pruner", default="median", choices=["median", "percentile", "hyperband"])
+    ap.add_argument(
+        "--pruner",
+        default="successive_halving",
+        choices=["successive_halving", "hyperband", "median", "percentile"],
+    )
+    ap.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="both sweeps")
+    ap.add_argument("--warmup", type=int, default=0, help="median/percentile: n_warmup_steps")
+    ap.add_argument("--min-resource", type=int, default=1, help="halving: first rung (epochs)")
+    ap.add_argument("--reduction-factor", type=int, default=2, help="halving/hyperband rate")
     ap.add_argument("--shards", default=None, help="tiny shard root (default: build one)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     args = ap.parse_args()
@@ -128,13 +154,29 @@ def main() -> int:
     pruned = [r for r in rows if r["pruner"] != "none"]
     plain = [r for r in rows if r["pruner"] == "none"]
     ratio = sum(r["trial_epochs"] for r in pruned) / max(1, sum(r["trial_epochs"] for r in plain))
-    not_worse = sum(
-        (a["best"] or 0) >= (b["best"] or 0) for a, b in zip(pruned, plain, strict=True)
-    )
-    print(f"trial-epochs with / without pruning: {ratio:.2f}x (target <= 0.6x)")
+    print("per seed (pruned vs unpruned):")
+    not_worse = 0
+    for a, b in zip(pruned, plain, strict=True):
+        ok = (a["best"] or 0.0) >= (b["best"] or 0.0)
+        not_worse += ok
+        print(
+            f"  seed {a['seed']}: trial-epochs {a['trial_epochs']}/{b['trial_epochs']} = "
+            f"{a['trial_epochs'] / max(1, b['trial_epochs']):.2f}x, best "
+            f"{100 * (a['best'] or 0):.2f} vs {100 * (b['best'] or 0):.2f} "
+            f"({'equal or better' if ok else 'worse'})"
+        )
+    mean_p = sum(r["best"] or 0.0 for r in pruned) / len(pruned)
+    mean_u = sum(r["best"] or 0.0 for r in plain) / len(plain)
+    print(f"trial-epochs with / without pruning (all seeds): {ratio:.2f}x (target <= 0.6x)")
     print(f"best score equal or better with pruning: {not_worse}/{len(pruned)} seeds")
+    print(
+        f"mean best over seeds: {100 * mean_p:.2f} with pruning vs {100 * mean_u:.2f} without "
+        f"({'equal or better' if mean_p >= mean_u else 'worse'})"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"rows": rows, "ratio": ratio}, indent=2))
+        Path(args.json).write_text(
+            json.dumps({"rows": rows, "ratio": ratio, "args": vars(args)}, indent=2)
+        )
     return 0
 
 
