@@ -11,6 +11,7 @@ the bf16 loss of the first step is from the fp32 one (same weights, same batch).
     python benchmarks/gpu_step.py                          # paper preset, batch 8
     python benchmarks/gpu_step.py --preset tiny --batch 4  # smoke run (CPU works too, no DDP)
     python benchmarks/gpu_step.py --tokenizer /path/to/bert-tokenizer-dir   # offline tokenizer
+    python benchmarks/gpu_step.py --batch 16 --bn-float32 --profile   # BatchNorm on cuDNN in bf16
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> dict:
     from lstc.losses import SegmentationLoss
     from lstc.model import build_model
     from pipelines.train.loop import _autocast
+    from pipelines.train.norm_precision import batchnorm_float32
 
     use_cuda = torch.cuda.is_available() and not args.cpu
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> dict:
     for precision in ("fp32", "bf16"):
         torch.manual_seed(0)
         model = build_model(cfg).to(device).train()
+        if args.bn_float32:  # bf16 input -> cuDNN's float32 BatchNorm (fp32 runs unchanged)
+            result["bn_float32_layers"] = batchnorm_float32(model)
         tok = model.tokenizer(texts)
         ids, attn = tok["input_ids"].to(device), tok["attention_mask"].to(device)
         net = (
@@ -164,6 +168,11 @@ def main() -> None:
     p.add_argument("--cpu", action="store_true", help="run on the CPU even if CUDA is present")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark")
     p.add_argument("--profile", action="store_true", help="print the top CUDA kernels of a step")
+    p.add_argument(
+        "--bn-float32",
+        action="store_true",
+        help="BatchNorm in float32 on bf16 input (cuDNN kernel; pipelines/train/norm_precision.py)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = p.parse_args()
     res = run(args)
