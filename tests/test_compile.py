@@ -114,20 +114,31 @@ def test_compile_switch_rejects_unknown_modes():
 def test_compiled_model_trains_like_eager_under_two_rank_ddp(tmp_path):
     port = free_port()
     outs = [tmp_path / f"rank{r}.pt" for r in range(2)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "compile_ddp_worker.py"), str(r), "2", str(port)]
-            + [str(outs[r])],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(2)
-    ]
-    logs = [p.communicate(timeout=900)[0] for p in procs]
+    # each rank logs to a file: with pipes read one after the other, rank 1 could block on its
+    # full pipe while the test waits for rank 0, which waits for rank 1 in an all-reduce
+    logs = [tmp_path / f"rank{r}.log" for r in range(2)]
+    procs = []
+    for r in range(2):
+        with open(logs[r], "w") as fh:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(REPO / "tests" / "compile_ddp_worker.py"), str(r), "2"]
+                    + [str(port), str(outs[r])],
+                    cwd=REPO,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    try:
+        for p in procs:  # a bound: 650 s measured at load average ~25 on 2 cores
+            p.wait(timeout=1800)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+        assert p.returncode == 0, log.read_text(errors="replace")[-4000:]
     res = [torch.load(o, weights_only=True) for o in outs]
     for r in res:
         eager_losses, eager_state = r["eager"]
