@@ -256,7 +256,9 @@ def test_killed_driver_resumes_same_run(trained, ray_local, tiny_shards, train_e
             cwd=train_env["base"],
         )
     try:
-        _wait_for_checkpoint(run_dir, proc, log, timeout=300)
+        # a bound: the driver imports the stack, joins Ray and trains epoch 1 (over a minute
+        # idle; any step may take 10x that on a loaded 2-core box)
+        _wait_for_checkpoint(run_dir, proc, log, timeout=900)
         first_run_id = (run_dir / RUN_ID_FILE).read_text().strip()
     finally:
         proc.send_signal(signal.SIGKILL)
