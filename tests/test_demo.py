@@ -177,7 +177,7 @@ def demo_runs(ray_local, tmp_path_factory):
             env=proc_env,
             capture_output=True,
             text=True,
-            timeout=900,
+            timeout=1800,  # a bound: the whole pipeline, any step 10x its idle time under load
         )
         out = proc.stdout + proc.stderr
         (base / f"demo-{i + 1}.log").write_text(out)
@@ -339,7 +339,7 @@ def test_changed_recipe_is_refused_and_keeps_the_summary(demo_runs, ray_local):
         env=proc_env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # a bound (joins Ray, reads the run; a loaded 2-core box is slow)
     )
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "optim.lr" in proc.stderr and "train.run_name" in proc.stderr
