@@ -67,7 +67,7 @@ class PauseOnce(WorkerCallback):
 
     epoch: int
     folder: str
-    timeout_s: float = 600.0
+    timeout_s: float = 1800.0  # a bound; the test ends the run long before
 
     def on_epoch_end(self, epoch: int, rank: int, run_dir: str, metrics: Mapping[str, Any]) -> None:
         if epoch != self.epoch:
