@@ -65,6 +65,14 @@ class SynthConfig:
     annotated_per_video: int = 3
     expressions_per_object: int = 1
     test_fraction: float = 0.25
+    #: speed of a "slow" object as a fraction of the speed that crosses the frame in the video
+    #: ("fast" is 0.95). 0.3 moved 2.2 px within a 4-frame stride-2 clip at 64 px, under half
+    #: a shape's radius (benchmarks/motion_study.py visibility): too little to see.
+    slow_fraction: float = 0.3
+    #: frames kept free at both ends of the video when choosing the annotated frames: 0
+    #: annotates the first and last frame (their clips are clamped: half the clip repeats
+    #: the target frame and shows no motion); the demo keeps room for an unclamped clip.
+    annotated_margin: int = 0
     fps: int = 24
     seed: int = 0
 
@@ -78,6 +86,8 @@ SCALES: dict[str, SynthConfig] = {
         width=160,
         annotated_per_video=4,
         expressions_per_object=2,
+        slow_fraction=0.5,
+        annotated_margin=8,
     ),
 }
 
@@ -143,7 +153,7 @@ def _trajectory(
         dx, dy = DIRECTIONS[motion]
         span = (hi_x - lo_x) if dx else (hi_y - lo_y)
         full = span / max(n - 1, 1)  # crossing the whole frame in the video = "fast"
-        v = full * (0.95 if speed == "fast" else 0.3)
+        v = full * (0.95 if speed == "fast" else cfg.slow_fraction)
         travel = v * (n - 1)
         if dx:
             x0 = (
@@ -369,6 +379,14 @@ def write_h5(path: Path, owner: np.ndarray, ids: list[int]) -> None:
 MIN_VISIBLE_PIXELS = 12
 
 
+def annotated_frames(cfg: SynthConfig) -> list[int]:
+    """The annotated frames (0-based): ``annotated_per_video`` evenly spaced frames between
+    ``annotated_margin`` and ``num_frames - 1 - annotated_margin``."""
+    lo = min(cfg.annotated_margin, (cfg.num_frames - 1) // 2)
+    hi = cfg.num_frames - 1 - lo
+    return sorted({int(round(x)) for x in np.linspace(lo, hi, cfg.annotated_per_video)})
+
+
 def generate(out: str | os.PathLike[str], cfg: SynthConfig) -> dict[str, int]:
     """Write the benchmark under ``out``; returns counts (videos, train, test, expressions)."""
     root = Path(out)
@@ -383,9 +401,7 @@ def generate(out: str | os.PathLike[str], cfg: SynthConfig) -> dict[str, int]:
     videoset_rows: list[str] = []
     ann_rows: list[str] = ["video_id,instance_id,query"]
     described: dict[str, object] = {}
-    annotated = sorted(
-        {int(round(x)) for x in np.linspace(0, cfg.num_frames - 1, cfg.annotated_per_video)}
-    )
+    annotated = annotated_frames(cfg)
     counts = {"videos": cfg.num_videos, "train": 0, "test": 0, "expressions": 0}
     codec = ""
     for i in range(cfg.num_videos):

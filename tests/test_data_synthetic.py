@@ -243,3 +243,30 @@ def test_fast_objects_move_more_than_their_size_within_a_clip():
     for o in fast:
         shift = np.hypot(o.xs[span] - o.xs[0], o.ys[span] - o.ys[0])
         assert shift > o.radius  # the object has left most of its clip-start footprint
+
+
+def test_demo_clips_show_motion_the_network_can_see():
+    """The demo's geometry (issue 14, benchmarks/motion_study.py visibility): every annotated
+    frame has an unclamped clip at the demo's prep (4 frames, stride 3, 64x64), and in that clip
+    a slow object moves at least its radius, a fast one at least twice as far."""
+    from data_prep.schema import clip_frame_indices
+    from data_prep.synthetic import annotated_frames
+    from pipelines.demo import DemoOptions
+
+    cfg, stride, size = config_for("demo", seed=0), DemoOptions().stride, 64
+    assert annotated_frames(cfg) == [8, 13, 18, 23]  # linspace(8, 23, 4), rounded
+    assert annotated_frames(config_for("tiny", seed=0)) == [0, 12, 23]  # tests: clamped ends
+    scale = (size / cfg.width, size / cfg.height)
+    for t in annotated_frames(cfg):
+        idx, _ = clip_frame_indices(t, cfg.num_frames, 4, stride)
+        assert idx == [t - 2 * stride + i * stride for i in range(4)]  # not clamped
+    rng = np.random.default_rng(0)
+    for scenario in SCENARIOS * 4:
+        for o in _objects(rng, scenario, cfg):
+            if not o.speed:
+                continue
+            idx, _ = clip_frame_indices(13, cfg.num_frames, 4, stride)
+            dx = (o.xs[idx[-1]] - o.xs[idx[0]]) * scale[0]
+            dy = (o.ys[idx[-1]] - o.ys[idx[0]]) * scale[1]
+            radius = o.radius * min(scale)
+            assert np.hypot(dx, dy) >= (radius if o.speed == "slow" else 2 * radius)

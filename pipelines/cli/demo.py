@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="recipe overrides (e.g. train.epochs=2 model.lasp=off)",
     )
-    p.add_argument("--stride", type=int, default=2, help="frame stride inside a clip (default 2)")
+    p.add_argument("--stride", type=int, default=3, help="frame stride inside a clip (default 3)")
     p.add_argument("--skip-train", action="store_true", help="stop after the shards")
 
 
