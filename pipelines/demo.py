@@ -295,6 +295,27 @@ def _seconds(s: float | None) -> str:
     return f"{s / 60:.1f} min"
 
 
+def _label_table(by_label: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Per-label rows (``samples`` is a count, the rest in %), labels sorted."""
+    if not by_label:
+        return []
+    cols = [k for k in HEADLINE if any(k in m for m in by_label.values())]
+    lines = [
+        "",
+        "Per label (refer-shapes: the expression kind; values in %, samples a count):",
+        "",
+        "| label | samples | " + " | ".join(_label(k) for k in cols) + " |",
+        "|---|---:|" + "---:|" * len(cols),
+    ]
+    for label in sorted(by_label):
+        m = by_label[label]
+        n = _finite(m.get("num_samples"))
+        cells = [_pct(m.get(k)) for k in cols]
+        count = "-" if n is None else str(int(n))
+        lines.append(f"| {label} | {count} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def format_markdown(summary: Mapping[str, Any]) -> str:
     """The human-readable summary (what the README quotes verbatim)."""
     ev, tr, reg = summary["eval"], summary["train"], summary.get("registered_model")
@@ -312,9 +333,14 @@ def format_markdown(summary: Mapping[str, Any]) -> str:
             f"{ev['num_samples']} samples (values in %):"
         )
     lines += ["", "| metric | value |", "|---|---:|"]
+    by_label: dict[str, dict[str, Any]] = {}
     for k, v in _ordered(ev["metrics"]).items():
-        if k != "num_samples":
+        if "/" in k:  # "<label>/<metric>" (per expression kind, actor, action, ...)
+            label, name = k.split("/", 1)
+            by_label.setdefault(label, {})[name] = v
+        elif k != "num_samples":
             lines.append(f"| {_label(k)} | {_pct(v)} |")
+    lines += _label_table(by_label)
     best = tr["best_val"]
     lines += [
         "",

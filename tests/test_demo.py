@@ -53,6 +53,11 @@ def _summary(**changes):
                 "num_samples": 18,
                 "mean_iou": 0.538149,
                 "overall_iou": 0.48404,
+                "motion/mean_iou": 0.4715,
+                "motion/num_samples": 470,
+                "appearance/num_samples": 338,
+                "appearance/mean_iou": 0.62691,
+                "appearance/P@0.5": 0.574,
             },
         },
         "train": {
@@ -101,6 +106,12 @@ def test_markdown_shows_every_figure_in_percent():
     rows = [md.index(f"| {k} |") for k in ("overall IoU", "mean IoU", "P@0.5", "COCO AP@0.5")]
     assert rows == sorted(rows)
     assert "num_samples |" not in md  # a count, not a percentage
+    # per label: its own table, samples as a count, labels sorted, only the logged columns
+    assert "| label | samples | mean IoU | P@0.5 |" in md
+    assert "| appearance | 338 | 62.69 | 57.40 |" in md
+    assert "| motion | 470 | 47.15 | - |" in md
+    assert md.index("| appearance |") < md.index("| motion |")
+    assert "| motion/" not in md and "| appearance/" not in md
     assert "Best validation (epoch 3 of 4): mean IoU 50.00, overall IoU 25.00, J&F 61.70." in md
     assert "12.3 samples/s in the last epoch on 2 Ray Train workers (CPU)" in md
     assert "| synth | kept | 0.0 s (ran earlier in 16.2 s) |" in md
