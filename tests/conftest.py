@@ -224,3 +224,15 @@ def mlflow_server(mlflow_server_process) -> str:
                 + log_path.read_text(errors="replace")[-3000:]
             )
         time.sleep(0.5)  # poll interval of a bounded readiness wait
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for the test (model tests: the same sums on any machine), then back
+    (``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -51,12 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OPS_BEFORE = {"model_kernels": 7665, "model_compute_kernels": 1987}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------- reference (the equations)

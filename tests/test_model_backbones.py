@@ -14,13 +14,7 @@ from lstc.backbones import (
 )
 from lstc.text import TextEncoder, TextTokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def run_stages(encoder, x):

@@ -18,12 +18,7 @@ SIZE = 32
 TEXTS = ["the red square moving to the left", "a blue circle"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**changes) -> ModelConfig:
