@@ -10,7 +10,8 @@ The sweep test is one study driven twice (real local Ray via ``ray_local``, the 
 2. Two other drivers of the study are simulated, both on Optuna's SQLite heartbeat: a
    killed one, whose trial 3 (params KILLED: lr 1.5e-7, 2 workers) is RUNNING with its last
    heartbeat an hour old (set in the heartbeat table), and a live one, whose trial 4 (LIVE)
-   is RUNNING and beats every 0.2 s from a thread until it sees the rerun's retry of trial 3
+   is RUNNING with a heartbeat dated a day ahead (fresh on any machine), watched by a thread
+   until it sees the rerun's retry of trial 3
    started, then tells its trial COMPLETE. The rerun with ``n_trials=4`` (heartbeat 2 s,
    grace 120 s) fails trial 3 as stale and retries its params once as trial 5, leaves trial 4
    alone (counting it toward ``n_trials``: it samples nothing more) and waits for it. Trial 5
@@ -362,18 +363,19 @@ def _enqueue(study, *params: dict) -> None:
 
 
 def backdate_heartbeat(url: str, trial_id: int, seconds: int) -> None:
-    """Move trial ``trial_id``'s last heartbeat ``seconds`` into the past (Optuna's SQLite
-    heartbeat table; timestamps are the database's UTC clock, as record_heartbeat writes)."""
+    """Move trial ``trial_id``'s last heartbeat ``seconds`` into the past (negative: into the
+    future) (Optuna's SQLite heartbeat table; timestamps are the database's UTC clock, as
+    record_heartbeat writes)."""
     with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
         n = db.execute(
             "UPDATE trial_heartbeats SET heartbeat = datetime('now', ?) WHERE trial_id = ?",
-            (f"-{seconds} seconds", trial_id),
+            (f"{-seconds:+d} seconds", trial_id),
         ).rowcount
     assert n == 1, f"trial id {trial_id} has no heartbeat row"
 
 
 class LiveDriver(threading.Thread):
-    """Another sweep driver's running trial: it beats every 0.2 s until the rerun's retry of
+    """Another sweep driver's running trial, its heartbeat fresh (dated ahead) until the rerun's retry of
     trial ``retried`` has started (bounded by 900 s), notes its own trial's state at that
     moment, then tells its trial COMPLETE with LIVE_VALUE."""
 
@@ -392,9 +394,11 @@ class LiveDriver(threading.Thread):
             storage = open_storage(self.url, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
             study = optuna.load_study(study_name=STUDY, storage=storage)
         trial_id = study.trials[self.number]._trial_id
+        # a live driver's heartbeat, dated a day ahead: fresh however slow the machine is
+        storage.record_heartbeat(trial_id)
+        backdate_heartbeat(self.url, trial_id, -86400)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            storage.record_heartbeat(trial_id)
             trials = study.get_trials(deepcopy=False)
             if any(
                 t.system_attrs.get("failed_trial") == self.retried and t.state.name != "WAITING"
@@ -402,7 +406,7 @@ class LiveDriver(threading.Thread):
             ):
                 self.state_when_retried = trials[self.number].state.name
                 break
-            threading.Event().wait(0.2)  # the heartbeat cadence of a live driver
+            threading.Event().wait(0.2)  # poll interval of the condition above
         study.tell(self.number, LIVE_VALUE)
 
 
@@ -437,7 +441,7 @@ def sweep_runs(ray_local, tiny_shards, tmp_path_factory):
         assert suggest(killed, spec.space) == KILLED and killed.number == 3
         beats.record_heartbeat(killed._trial_id)
         backdate_heartbeat(storage, killed._trial_id, 3600)
-        # a live driver running trial 4, beating until the rerun has retried trial 3
+        # a live driver running trial 4, fresh until the rerun has retried trial 3
         _enqueue(study, LIVE)
         live = study.ask()
         assert suggest(live, spec.space) == LIVE and live.number == 4
