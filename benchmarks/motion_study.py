@@ -289,11 +289,14 @@ def probe(shards: str, model: Any, recipe: Any) -> dict[str, float]:
 def _mlflow(tracking: str, name: str, params: dict, metrics: dict, tags: dict) -> str:
     import mlflow
 
+    from pipelines.mlops.tracking import metric_key
+
     mlflow.set_tracking_uri(tracking)
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=name) as run:
-        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()})
+        mlflow.log_params({metric_key(k): str(v)[:500] for k, v in params.items()})
+        # metric_key: "J&F" and "@" are not allowed in MLflow names (J_and_F, _at_)
+        mlflow.log_metrics({metric_key(k): float(v) for k, v in metrics.items()})
         mlflow.set_tags(tags)
         return run.info.run_id
 
