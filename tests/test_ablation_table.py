@@ -53,13 +53,16 @@ def test_a_finished_run_is_found_by_variant_seed_and_settings(tmp_path):
 def test_motion_study_logs_the_metric_names_mlflow_rejects(tmp_path):
     """motion_study's runs carry the training metrics, "J&F" and "mAP@0.5" included (MLflow
     rejects '&' and '@': the run used to end FAILED with nothing logged)."""
-    from mlflow import MlflowClient
-
     import motion_study
+    from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     run_id = motion_study._mlflow(
-        uri, "t", {"only_label": "motion"}, {"J&F": 0.5, "mAP@0.5": 0.25, "motion/mean_iou": 0.4}, {}
+        uri,
+        "t",
+        {"only_label": "motion"},
+        {"J&F": 0.5, "mAP@0.5": 0.25, "motion/mean_iou": 0.4},
+        {},
     )
     run = MlflowClient(uri).get_run(run_id)
     assert run.info.status == "FINISHED"
