@@ -9,6 +9,9 @@ Every experiment is one tracked MLflow run in one experiment (default
 ``train``       the recipe's network trained in this process (no Ray: one process, the same
                 collate, loss, optimiser and metrics as ``lstc train``) on a shard folder, then
                 scored on its test split overall and per expression kind (``meta.label``).
+``direct``      the temporal encoder alone (random init) trained to *classify* the referred
+                object's motion (cross-entropy, features pooled in its mask): can it learn
+                the motion at all when told it directly?
 ``probe``       linear probes on the frozen features of a run's checkpoint (or of a random-init
                 network): does the temporal encoder's target-aligned slice, pooled inside the
                 referred object's mask, tell its motion (left/right/up/down/still/bouncing)?
@@ -19,6 +22,7 @@ Usage::
     python benchmarks/motion_study.py visibility --source data/refer_shapes/source --frames 4 --stride 2 --size 64
     python benchmarks/motion_study.py train --shards DIR --epochs 4 [key=value ...]
     python benchmarks/motion_study.py probe --shards DIR [--checkpoint model.pt]
+    python benchmarks/motion_study.py direct --shards DIR --epochs 2
 
 The figures are printed and logged; nothing here is asserted (a study, not a test).
 """
@@ -145,7 +149,11 @@ def evaluate_by_label(model: Any, samples: list[dict[str, Any]], recipe: Any) ->
 
 
 def train(
-    shards: str, overrides: Sequence[str], epochs: int, eval_every: int = 0
+    shards: str,
+    overrides: Sequence[str],
+    epochs: int,
+    eval_every: int = 0,
+    temporal_init: str | None = None,
 ) -> tuple[Any, dict[str, float], list[dict[str, float]]]:
     import torch
 
@@ -157,6 +165,8 @@ def train(
     recipe = _recipe([*overrides, f"train.epochs={epochs}"])
     seed_everything(recipe.train.seed)
     model = build_model(recipe.model)
+    if temporal_init:
+        model.temporal.encoder.load_state_dict(torch.load(temporal_init, map_location="cpu"))
     loss_fn = SegmentationLoss(recipe.loss)
     train_s, test_s = load_samples(shards, "train"), load_samples(shards, "test")
     bs = recipe.data.batch_size * recipe.train.num_workers
@@ -267,6 +277,74 @@ def _motion_of(s: dict[str, Any]) -> str | None:
     return None
 
 
+def direct(
+    shards: str, overrides: Sequence[str], epochs: int, save: str | None = None
+) -> dict[str, float]:
+    """Can the temporal encoder learn the motion at all when told it directly? The recipe's
+    temporal encoder (fresh, random init) + a linear layer on each stage's target-aligned
+    slice, pooled inside the referred object's mask, trained end to end with cross-entropy
+    on the motion class of the object (left/right/up/down/still/bouncing, from the
+    expression). Test accuracy per epoch of the best stage's head; chance = the majority class."""
+    import torch
+    import torch.nn.functional as F
+
+    from lstc.backbones import TemporalEncoder, aligned_slice
+    from pipelines.data import eval_batches
+    from pipelines.train.loop import seed_everything
+
+    recipe = _recipe([*overrides, f"train.epochs={epochs}"])
+    seed_everything(recipe.train.seed)
+    cfg = recipe.model
+    enc = TemporalEncoder(backbone=cfg.temporal_backbone, weights=None, tiny_width=cfg.tiny_width)
+    tr = [s for s in load_samples(shards, "train") if _motion_of(s)]
+    te = [s for s in load_samples(shards, "test") if _motion_of(s)]
+    classes = sorted({_motion_of(s) for s in tr + te})
+    heads = torch.nn.ModuleList(torch.nn.Linear(c, len(classes)) for c in enc.channels)
+    opt = torch.optim.Adam([*enc.parameters(), *heads.parameters()], lr=recipe.optim.lr)
+
+    def logits(batch: dict[str, Any]) -> list[torch.Tensor]:
+        x, mask, out = enc.normalize(batch["clip"]), batch["mask"], []
+        for stage, head in zip(enc.stages, heads, strict=True):
+            x = stage(x)
+            sl = aligned_slice(x, target_index=cfg.target_index, num_frames=cfg.num_frames)
+            m = F.interpolate(mask, size=sl.shape[-2:], mode="area")
+            out.append(head((sl * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1e-6)))
+        return out
+
+    def labels(batch: dict[str, Any]) -> torch.Tensor:
+        # a flipped sample's left/right are swapped in its text already (collate)
+        return torch.tensor([classes.index(_motion_of({"text": t})) for t in batch["text"]])
+
+    out: dict[str, float] = {}
+    counts = defaultdict(int)
+    for s in te:
+        counts[_motion_of(s)] += 1
+    out["direct_chance"] = max(counts.values()) / len(te)
+    for epoch in range(epochs):
+        enc.train(), heads.train()
+        for batch in _batches(tr, recipe, epoch):
+            y = labels(batch)
+            loss = sum(F.cross_entropy(z, y) for z in logits(batch))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        enc.eval(), heads.eval()
+        right, n = [0] * len(heads), 0
+        with torch.no_grad():
+            for batch in eval_batches(iter(te), recipe):
+                y = labels(batch)
+                for k, z in enumerate(logits(batch)):
+                    right[k] += int((z.argmax(1) == y).sum())
+                n += len(y)
+        row = {f"direct_acc/temporal{k}": r / n for k, r in enumerate(right)}
+        print(json.dumps({"epoch": epoch + 1, **{k: round(v, 3) for k, v in row.items()}}))
+        out |= row
+    if save:
+        torch.save(enc.state_dict(), save)
+        print(f"temporal encoder weights -> {save}")
+    return out
+
+
 def probe(shards: str, model: Any, recipe: Any) -> dict[str, float]:
     """Linear-probe accuracies (motion class of the referred object, from the expression's
     motion phrase; only expressions that name a motion)."""
@@ -303,7 +381,7 @@ def _mlflow(tracking: str, name: str, params: dict, metrics: dict, tags: dict) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["visibility", "train", "probe"])  # overrides: right after it
+    p.add_argument("what", choices=["visibility", "train", "probe", "direct"])  # overrides: right after it
     p.add_argument("--source", help="refer-shapes source folder (visibility)")
     p.add_argument("--shards", help="prepared refer-shapes shards (train, probe)")
     p.add_argument("--frames", type=int, default=4)
@@ -312,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--eval-every", type=int, default=0, help="score the test split every N epochs")
     p.add_argument("--probe", action="store_true", help="train: also probe the trained network")
+    p.add_argument("--save-encoder", help="direct: save the trained temporal encoder here")
+    p.add_argument("--temporal-init", help="train: start the temporal encoder from this file")
     p.add_argument("--checkpoint", help="probe: a model.pt state dict (default: random init)")
     p.add_argument("--name", default=None, help="MLflow run name")
     p.add_argument("--only-label", default=None, help="train and score one expression kind")
@@ -337,13 +417,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         params |= {"frames": args.frames, "stride": args.stride, "size": args.size}
     elif args.what == "train":
         t0 = time.perf_counter()
-        model, final, history = train(args.shards, args.overrides, args.epochs, args.eval_every)
+        model, final, history = train(
+            args.shards, args.overrides, args.epochs, args.eval_every, args.temporal_init
+        )
         metrics = {k: v for k, v in final.items() if isinstance(v, float)}
         metrics["train_s"] = time.perf_counter() - t0
         params["epochs"] = args.epochs
+        params["temporal_init"] = args.temporal_init
         print(json.dumps(_headline(final)))
         if args.probe:
             metrics |= probe(args.shards, model, _recipe(args.overrides))
+    elif args.what == "direct":
+        metrics = direct(args.shards, args.overrides, args.epochs, args.save_encoder)
+        params["epochs"] = args.epochs
     else:
         import torch
 
@@ -360,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "/" not in k or k.split("/")[0] in ("motion", "appearance", "fast") or "px" in k:
             if not k.startswith(("motion/", "appearance/", "fast/")) or k.endswith("mean_iou"):
                 print(f"{k:40s} {v:.4f}")
-        elif k.startswith("probe"):
+        elif k.startswith(("probe", "direct")):
             print(f"{k:40s} {v:.4f}")
     run_id = _mlflow(args.tracking_uri, args.name or args.what, params, metrics, tags)
     print(f"MLflow run {run_id} in experiment {EXPERIMENT} ({args.tracking_uri})")
