@@ -26,6 +26,10 @@ The decoder gets one time slice per temporal stage, the one aligned with the tar
 
 "tiny" backbones (ours, for tests/CPU): two ConvNormAct per stage, widths w*(1,2,4,8,8),
 GroupNorm; the 3D one strides time by 2 in stages 3 and 4 so the slice logic is exercised.
+The tiny 3D encoder has one bundled weight set, ``SHAPES_MOTION_V1`` (width 8): motion
+classification of synthetic shapes, the miniature's Kinetics-400 (``lstc pretrain-temporal``,
+pipelines/motion_pretrain.py; lstc/pretrained/ holds the file and its record); it also loads
+a state-dict file that command wrote.
 
 Weights: None (random), a torchvision weight-enum member name, or a local state-dict file
 (a missing or mismatching file raises an error naming it). I3D has no torchvision weights:
@@ -55,6 +59,10 @@ KINETICS_MEAN = (0.43216, 0.394666, 0.37645)
 KINETICS_STD = (0.22803, 0.22145, 0.216989)
 
 _ENUM_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
+
+#: bundled weights of the tiny 3D encoder: name -> file in lstc/pretrained/
+TINY_TEMPORAL_WEIGHTS = {"SHAPES_MOTION_V1": "tiny_temporal_shapes_motion_v1.pt"}
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 
 
 class WeightsError(ValueError):
@@ -207,8 +215,6 @@ class TemporalEncoder(nn.Module):
         mean, std = ((0.5,) * 3, (0.5,) * 3) if backbone == "i3d" else (KINETICS_MEAN, KINETICS_STD)
         self.normalize = _Normalize(mean=mean, std=std, dims=3, on=normalize)
         if backbone == "tiny":
-            if weights is not None:
-                raise WeightsError("the 'tiny' temporal backbone has no pretrained weights")
             w = tiny_width
             widths = [w, 2 * w, 4 * w, 8 * w, 8 * w]
             strides = [(1, 2, 2), (1, 2, 2), (2, 2, 2), (2, 2, 2), (1, 2, 2)]
@@ -223,6 +229,8 @@ class TemporalEncoder(nn.Module):
                 prev = c
             self.stages = nn.ModuleList(stages)
             self.channels = widths
+            if weights is not None:
+                self._load_tiny(weights)
             return
         if backbone == "i3d":
             self.stages = build_i3d(weights).stages()
@@ -239,6 +247,31 @@ class TemporalEncoder(nn.Module):
                 [net.stem, nn.Sequential(pool, net.layer1), net.layer2, net.layer3, net.layer4]
             )
             self.channels = [64, 64, 128, 256, 512]
+
+    def _load_tiny(self, spec: str) -> None:
+        """``SHAPES_MOTION_V1`` (bundled) or a state-dict file of this tiny encoder."""
+        if spec in TINY_TEMPORAL_WEIGHTS:
+            path = PRETRAINED_DIR / TINY_TEMPORAL_WEIGHTS[spec]
+        elif _ENUM_NAME.match(spec) and not os.path.exists(spec):
+            raise WeightsError(
+                f"temporal_weights={spec!r}: the 'tiny' 3D encoder's weights are "
+                f"{list(TINY_TEMPORAL_WEIGHTS)} or a file written by `lstc pretrain-temporal`"
+            )
+        else:
+            path = Path(spec).expanduser()
+        state = _read_state_dict(path)
+        try:
+            missing, unexpected = self.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # shape mismatch: another tiny_width
+            raise WeightsError(
+                f"weight file {str(path)!r} does not fit the tiny 3D encoder of this "
+                f"tiny_width: {str(exc).splitlines()[-1].strip()}"
+            ) from exc
+        if missing or unexpected:
+            raise WeightsError(
+                f"weight file {str(path)!r} does not fit the tiny 3D encoder: missing keys "
+                f"{missing[:5]}, unexpected keys {unexpected[:5]}"
+            )
 
 
 def aligned_slice(x: torch.Tensor, *, target_index: int, num_frames: int) -> torch.Tensor:

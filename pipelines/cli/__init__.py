@@ -27,6 +27,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "pipelines.cli.prep",
         "benchmark files -> Parquet shards + manifest + rejects (Ray Data)",
     ),
+    "pretrain-temporal": (
+        "pipelines.cli.pretrain_temporal",
+        "motion pretraining of the tiny 3D encoder on synthetic shapes (the miniature's Kinetics)",
+    ),
     "train": (
         "pipelines.cli.train",
         "train a recipe with Ray Train (DDP), track in MLflow, register the best model",
