@@ -43,6 +43,7 @@ WORKING_DIR_EXCLUDES: tuple[str, ...] = (
     "*.parquet",
     "*.pt",
     "*.pth",
+    "!lstc/pretrained/*.pt",  # but the package's bundled weights (SHAPES_MOTION_V1) do ship
 )
 
 #: environment variables forwarded to the job when set here (exact names or prefixes*)

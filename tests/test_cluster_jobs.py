@@ -122,6 +122,14 @@ def test_runtime_env_forwards_settings_and_leaves_out_local_artefacts():
     assert "HOME" not in renv["env_vars"]
     assert {"data", "outputs", "mlruns", "mlartifacts", "mlflow.db"} <= set(renv["excludes"])
     assert renv["working_dir"] == str(ROOT)
+    # what Ray leaves out of the upload (its own gitignore matcher): checkpoints and weight
+    # files, but not the package's bundled tiny 3D encoder weights
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    left_out = _get_excludes(ROOT, renv["excludes"])
+    assert left_out(ROOT / "outputs" / "model.pt") and left_out(ROOT / "model.pt")
+    assert not left_out(ROOT / "lstc" / "pretrained" / "tiny_temporal_shapes_motion_v1.pt")
+    assert not left_out(ROOT / "lstc" / "model.py")
 
 
 def test_unreachable_cluster_is_one_clear_error(tmp_path):
