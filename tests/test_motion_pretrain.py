@@ -88,3 +88,27 @@ def test_bad_tiny_weights_say_what_fits(tmp_path):
     torch.save({"stages.0.0.weight": torch.zeros(8, 3, 3, 3, 3)}, path)
     with pytest.raises(WeightsError, match="other.pt.*missing keys"):
         TemporalEncoder(backbone="tiny", weights=str(path))
+
+
+def test_the_tiny_recipe_starts_from_the_motion_weights_with_text_and_3d_encoders_fixed():
+    """configs/refer_shapes_tiny.yaml (issue 14): bundled SHAPES_MOTION_V1 in the 3D encoder,
+    frozen text and 3D encoders; the CSTM anchor of the ablation gets the same start."""
+    from lstc.model import build_model
+    from pipelines.config import load_recipe
+
+    for overrides in ([], ["model.preset=tiny_cstm"]):
+        recipe = load_recipe("configs/refer_shapes_tiny.yaml", overrides)
+        m = recipe.model
+        assert (m.temporal_weights, m.freeze_text, m.freeze_temporal) == (
+            "SHAPES_MOTION_V1",
+            True,
+            True,
+        )
+        model = build_model(m)
+        bundled = torch.load(
+            PRETRAINED_DIR / TINY_TEMPORAL_WEIGHTS["SHAPES_MOTION_V1"], weights_only=True
+        )
+        assert all(torch.equal(v, bundled[k]) for k, v in model.temporal.encoder.state_dict().items())
+        frozen = [*model.text.parameters(), *model.temporal.encoder.parameters()]
+        assert frozen and not any(p.requires_grad for p in frozen)
+        assert any(p.requires_grad for p in model.temporal.cmams.parameters())
