@@ -381,7 +381,9 @@ def _mlflow(tracking: str, name: str, params: dict, metrics: dict, tags: dict) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("what", choices=["visibility", "train", "probe", "direct"])  # overrides: right after it
+    p.add_argument(
+        "what", choices=["visibility", "train", "probe", "direct"]
+    )  # overrides: right after it
     p.add_argument("--source", help="refer-shapes source folder (visibility)")
     p.add_argument("--shards", help="prepared refer-shapes shards (train, probe)")
     p.add_argument("--frames", type=int, default=4)

@@ -108,7 +108,9 @@ def test_the_tiny_recipe_starts_from_the_motion_weights_with_text_and_3d_encoder
         bundled = torch.load(
             PRETRAINED_DIR / TINY_TEMPORAL_WEIGHTS["SHAPES_MOTION_V1"], weights_only=True
         )
-        assert all(torch.equal(v, bundled[k]) for k, v in model.temporal.encoder.state_dict().items())
+        assert all(
+            torch.equal(v, bundled[k]) for k, v in model.temporal.encoder.state_dict().items()
+        )
         frozen = [*model.text.parameters(), *model.temporal.encoder.parameters()]
         assert frozen and not any(p.requires_grad for p in frozen)
         assert any(p.requires_grad for p in model.temporal.cmams.parameters())
