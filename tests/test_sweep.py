@@ -234,6 +234,34 @@ def test_successive_halving_pruner_keeps_the_top_half_at_each_rung():
     assert not report(0.0, 3, a)[1]  # epoch 3 is no rung
 
 
+def test_median_pruner_never_prunes_the_warm_up_epochs():
+    """n_warmup_steps: 1 means epoch 1 (the first reported step) is never pruned, epoch 2 may
+    be (it was Optuna's step < 1, which protected nothing: trials reported from step 1)."""
+    import optuna
+
+    from tuning.pruning import build_pruner
+    from tuning.spec import PrunerSpec
+
+    for kind in ("median", "percentile"):
+        spec = PrunerSpec(kind=kind, n_startup_trials=1, n_warmup_steps=1)
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(spec, epochs=4))
+        done = study.ask()
+        for epoch, value in ((1, 0.5), (2, 0.6)):
+            done.report(value, epoch)
+        study.tell(done, 0.6)
+        bad = study.ask()
+        bad.report(0.1, 1)
+        assert not bad.should_prune()  # epoch 1: warm-up
+        bad.report(0.1, 2)
+        assert bad.should_prune()  # epoch 2: below the median of the finished trial
+        spec0 = PrunerSpec(kind=kind, n_startup_trials=1, n_warmup_steps=0)
+        study0 = optuna.create_study(direction="maximize", pruner=build_pruner(spec0, epochs=4))
+        study0.add_trial(optuna.trial.create_trial(value=0.6, intermediate_values={1: 0.5, 2: 0.6}))
+        t = study0.ask()
+        t.report(0.1, 1)
+        assert t.should_prune()  # no warm-up: epoch 1 can be pruned
+
+
 def test_heartbeat_fails_only_silent_trials_and_retries_each_once(tmp_path):
     """Real SQLite RDB study, Optuna's heartbeat (interval 1 s, grace 60 s): a trial whose last
     heartbeat is an hour old is failed and retried once; a trial that keeps beating (our

@@ -25,15 +25,17 @@ def build_pruner(spec: PrunerSpec, epochs: int) -> Any:
     """The Optuna pruner of ``spec`` (hyperband's max resource = the budget's epochs)."""
     import optuna
 
+    # steps are epoch numbers, 1-based; Optuna prunes once ``step >= n_warmup_steps``, so
+    # "the first n epochs are never pruned" is Optuna's n_warmup_steps = n + 1 (passing n
+    # as it is left epoch n prunable: n_warmup_steps 1 protected nothing)
+    warmup = spec.n_warmup_steps + 1
     if spec.kind == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.n_warmup_steps
+            n_startup_trials=spec.n_startup_trials, n_warmup_steps=warmup
         )
     if spec.kind == "percentile":
         return optuna.pruners.PercentilePruner(
-            spec.percentile,
-            n_startup_trials=spec.n_startup_trials,
-            n_warmup_steps=spec.n_warmup_steps,
+            spec.percentile, n_startup_trials=spec.n_startup_trials, n_warmup_steps=warmup
         )
     if spec.kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
