@@ -31,6 +31,7 @@ PIPELINE_LAYERS: dict[str, float] = {
     "pipelines.jobs": 1,
     "pipelines.data": 1,
     "pipelines.checkpoint": 1,
+    "pipelines.motion_pretrain": 1,  # lstc pretrain-temporal: data_prep + lstc only
     "pipelines.inference": 2,
     "pipelines.predict": 2.5,  # video prediction on top of inference, used by mlops serving
     "pipelines.mlops": 3,
