@@ -114,3 +114,15 @@ def test_the_tiny_recipe_starts_from_the_motion_weights_with_text_and_3d_encoder
         frozen = [*model.text.parameters(), *model.temporal.encoder.parameters()]
         assert frozen and not any(p.requires_grad for p in frozen)
         assert any(p.requires_grad for p in model.temporal.cmams.parameters())
+
+
+def test_command_help_and_a_too_small_run(capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["pretrain-temporal", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--out" in out and "SHAPES_MOTION_V1" in out and "--videos" in out
+    with pytest.raises(SystemExit, match="--videos must be at least 2"):
+        main(["pretrain-temporal", "--out", "x.pt", "--videos", "1"])
