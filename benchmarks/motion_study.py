@@ -288,28 +288,19 @@ def direct(
     import torch
     import torch.nn.functional as F
 
-    from lstc.backbones import TemporalEncoder, aligned_slice
     from pipelines.data import eval_batches
+    from pipelines.motion_pretrain import CLASSES, MotionClassifier, PretrainConfig
     from pipelines.train.loop import seed_everything
 
     recipe = _recipe([*overrides, f"train.epochs={epochs}"])
     seed_everything(recipe.train.seed)
     cfg = recipe.model
-    enc = TemporalEncoder(backbone=cfg.temporal_backbone, weights=None, tiny_width=cfg.tiny_width)
+    # the encoder + per-stage heads of lstc pretrain-temporal, at the recipe's geometry
+    model = MotionClassifier(PretrainConfig(num_frames=cfg.num_frames, tiny_width=cfg.tiny_width))
     tr = [s for s in load_samples(shards, "train") if _motion_of(s)]
     te = [s for s in load_samples(shards, "test") if _motion_of(s)]
-    classes = sorted({_motion_of(s) for s in tr + te})
-    heads = torch.nn.ModuleList(torch.nn.Linear(c, len(classes)) for c in enc.channels)
-    opt = torch.optim.Adam([*enc.parameters(), *heads.parameters()], lr=recipe.optim.lr)
-
-    def logits(batch: dict[str, Any]) -> list[torch.Tensor]:
-        x, mask, out = enc.normalize(batch["clip"]), batch["mask"], []
-        for stage, head in zip(enc.stages, heads, strict=True):
-            x = stage(x)
-            sl = aligned_slice(x, target_index=cfg.target_index, num_frames=cfg.num_frames)
-            m = F.interpolate(mask, size=sl.shape[-2:], mode="area")
-            out.append(head((sl * m).sum((2, 3)) / m.sum((2, 3)).clamp_min(1e-6)))
-        return out
+    classes = list(CLASSES)  # all six, also those a flip creates
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.optim.lr)
 
     def labels(batch: dict[str, Any]) -> torch.Tensor:
         # a flipped sample's left/right are swapped in its text already (collate)
@@ -321,26 +312,26 @@ def direct(
         counts[_motion_of(s)] += 1
     out["direct_chance"] = max(counts.values()) / len(te)
     for epoch in range(epochs):
-        enc.train(), heads.train()
+        model.train(True)
         for batch in _batches(tr, recipe, epoch):
             y = labels(batch)
-            loss = sum(F.cross_entropy(z, y) for z in logits(batch))
+            loss = sum(F.cross_entropy(z, y) for z in model.logits(batch["clip"], batch["mask"]))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        enc.eval(), heads.eval()
-        right, n = [0] * len(heads), 0
+        model.train(False)
+        right, n = [0] * len(model.heads), 0
         with torch.no_grad():
             for batch in eval_batches(iter(te), recipe):
                 y = labels(batch)
-                for k, z in enumerate(logits(batch)):
+                for k, z in enumerate(model.logits(batch["clip"], batch["mask"])):
                     right[k] += int((z.argmax(1) == y).sum())
                 n += len(y)
         row = {f"direct_acc/temporal{k}": r / n for k, r in enumerate(right)}
         print(json.dumps({"epoch": epoch + 1, **{k: round(v, 3) for k, v in row.items()}}))
         out |= row
     if save:
-        torch.save(enc.state_dict(), save)
+        torch.save(model.encoder.state_dict(), save)
         print(f"temporal encoder weights -> {save}")
     return out
 
