@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_efficiency.py [--trials 12] [--epochs 4] [--seeds 0 1] \
         [--parallel 2] [--videos 48] [--pruner successive_halving] [--reduction-factor 2] \
-        [--min-resource 1] [--sampler tpe] [--override KEY=VALUE] [--baseline JSON]
+        [--min-resource 1] [--sampler tpe] [--override KEY=VALUE]
     python benchmarks/sweep_efficiency.py --replay sqlite:///.../optuna.db --pruner median \
         --warmup 1 --startup 1
 
@@ -187,13 +187,6 @@ def main() -> int:
         help="recipe override for every sweep (repeatable)",
     )
     ap.add_argument(
-        "--baseline",
-        default=None,
-        metavar="JSON",
-        help="take the unpruned rows from an earlier run's --json with the same settings "
-        "instead of training them again (trials are deterministic: same seed, same values)",
-    )
-    ap.add_argument(
         "--replay",
         nargs="+",
         metavar="STORAGE",
@@ -233,19 +226,9 @@ def main() -> int:
     )
     shards = Path(args.shards) if args.shards else make_shards(work, args.videos)
     rows = []
-    reused = {}
-    if args.baseline:
-        earlier = json.loads(Path(args.baseline).read_text())
-        for key in ("trials", "epochs", "videos", "parallel", "sampler", "startup"):
-            if earlier["args"].get(key) != getattr(args, key):
-                raise SystemExit(f"--baseline {args.baseline}: ran with another {key}")
-        reused = {r["seed"]: r for r in earlier["rows"] if r["pruner"] == "none"}
     for seed in args.seeds:
         for pruner in (args.pruner, "none"):
-            if pruner == "none" and seed in reused:
-                rows.append({**reused[seed], "reused_from": args.baseline})
-            else:
-                rows.append(run_one(shards, work, seed, pruner, args))
+            rows.append(run_one(shards, work, seed, pruner, args))
             print(json.dumps(rows[-1]), flush=True)
     ray.shutdown()
 
