@@ -32,6 +32,14 @@ class CMAM(nn.Module):
     * ``l = sum_i a_i w_i``                                           (sentence vector)
     * ``V <- V + V' * (sigmoid(W_l l + b_l) - 0.5)``                 (channel modulation)
 
+    With ``heads = H > 1`` (``model.cmam_heads``; 1 is the formula above, parameter for
+    parameter) the similarity is split into ``H`` word weightings: query and key are cut into
+    ``H`` slices of ``D / H`` features, ``s^h_i = sum_n <(W_q w_i)^h, (W_p V'_n)^h>``, each
+    normalised and soft-maxed on its own, ``l^h = sum_i a^h_i w_i``, and the gate reads all of
+    them: ``sigmoid(W_l [l^1; ...; l^H] + b_l) - 0.5`` (``W_l`` is ``C x HD``). One sentence
+    vector must otherwise carry every word the gate needs (colour *and* motion, say) in one
+    convex mixture; ``H`` mixtures can each settle on a different part of the expression.
+
     Same as the release (:class:`ReleaseCMAM`): coords8 concatenation, position-summed and
     L2-normalised word-pixel similarity, softmax over words, the ``sigmoid - 0.5`` residual
     modulation with a zero-initialised ``W_l, b_l`` (identity at the start). Because the
@@ -45,8 +53,11 @@ class CMAM(nn.Module):
     (initialised to 1, i.e. the release's formula at the start).
     """
 
-    def __init__(self, *, channels: int, lang_dim: int) -> None:
+    def __init__(self, *, channels: int, lang_dim: int, heads: int = 1) -> None:
         super().__init__()
+        if heads < 1 or lang_dim % heads:
+            raise ValueError(f"CMAM heads={heads} must be >= 1 and divide lang_dim={lang_dim}")
+        self.heads = heads
         self.context = nn.Sequential(
             nn.Conv1d(channels + 8, channels, 1, bias=False),
             group_norm(channels),
@@ -55,7 +66,7 @@ class CMAM(nn.Module):
         self.vis_proj = nn.Conv1d(channels, lang_dim, 1)
         self.word_proj = nn.Linear(lang_dim, lang_dim)
         self.log_tau = nn.Parameter(torch.zeros(()))
-        self.modulation = zero_init(nn.Linear(lang_dim, channels))
+        self.modulation = zero_init(nn.Linear(heads * lang_dim, channels))
 
     def word_weights(
         self,
@@ -64,7 +75,7 @@ class CMAM(nn.Module):
         mask: WordMask,
         queries: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``a [B, 1, L]`` from context features ``V' [B, C, N]`` (`queries`: ``W_q W + b_q``
+        """``a [B, H, L]`` from context features ``V' [B, C, N]`` (`queries`: ``W_q W + b_q``
         when already computed, see :func:`word_queries`)."""
         # sum_n (W_p V'_n + b_p) = W_p (sum_n V'_n) + N b_p: sum first, project once  [B, D]
         pooled = torch.addmm(
@@ -74,8 +85,15 @@ class CMAM(nn.Module):
             beta=context.shape[-1],
         )
         q = self.word_proj(words) if queries is None else queries  # [B, L, D]
-        # s_i = <q_i, pooled>, 0 on padding words  [B, 1, L]
-        scores = torch.bmm(pooled.unsqueeze(1), q.transpose(1, 2)) * mask.weight
+        # s^h_i = <q^h_i, pooled^h>, 0 on padding words  [B, H, L]
+        if self.heads == 1:
+            scores = torch.bmm(pooled.unsqueeze(1), q.transpose(1, 2)) * mask.weight
+        else:
+            b, length, d = q.shape
+            h = self.heads
+            keys = pooled.view(b * h, 1, d // h)
+            q = q.view(b, length, h, d // h).permute(0, 2, 3, 1).reshape(b * h, d // h, length)
+            scores = torch.bmm(keys, q).view(b, h, length) * mask.weight
         # tau * s / ||s||, plus the padding bias, in one op
         scale = self.log_tau.exp() / scores.norm(dim=-1, keepdim=True).clamp_min(1e-6)
         return torch.softmax(torch.addcmul(mask.bias, scores, scale), dim=-1) * mask.weight
@@ -87,16 +105,18 @@ class CMAM(nn.Module):
         mask: torch.Tensor | WordMask,
         queries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns the modulated features, the sentence vector ``l [B, D]`` and the context
-        features ``V'`` (both feature maps shaped like `v`). `mask`: ``[B, L]`` bool or the
+        """Returns the modulated features, the sentence vector ``l [B, D]`` (the mean of the
+        ``l^h`` when ``H > 1``) and the context features ``V'`` (both feature maps shaped like
+        `v`). `mask`: ``[B, L]`` bool or the
         forward's shared :class:`~lstc.layers.WordMask`."""
         if not isinstance(mask, WordMask):
             mask = WordMask.of(mask, words.dtype)
         x = torch.cat([v, coords_like(v)], dim=1).flatten(2)
         context = self.context(x)  # [B, C, N]
         alpha = self.word_weights(context, words, mask, queries)
-        sentence = torch.bmm(alpha, words).squeeze(1)  # [B, D]
-        gate = torch.sigmoid(self.modulation(sentence)) - 0.5  # [B, C]
+        sentences = torch.bmm(alpha, words)  # l^h  [B, H, D]
+        gate = torch.sigmoid(self.modulation(sentences.flatten(1))) - 0.5  # [B, C]
+        sentence = sentences.mean(1)  # [B, D]
         out = torch.addcmul(v.flatten(2), context, gate.unsqueeze(-1))
         return out.view_as(v), sentence, context.view_as(v)
 

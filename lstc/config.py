@@ -332,6 +332,9 @@ class ModelConfig(FrozenConfig):
     lasp_prototypes: int = Field(4, ge=1, description="LASP prototypes per level")
     lasp_dim: int = Field(64, ge=1, description="LASP sampling width")
     update_heads: int = Field(4, ge=1, description="attention heads of the CMAM+ language update")
+    cmam_heads: int = Field(
+        1, ge=1, description='word weightings per CMAM (cmam_style "ours"; 1: the paper\'s one)'
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -356,6 +359,14 @@ class ModelConfig(FrozenConfig):
         if self.lang_dim % self.update_heads:
             raise invalid(
                 "update_heads", self.update_heads, f"must divide lang_dim={self.lang_dim}"
+            )
+        if self.lang_dim % self.cmam_heads:
+            raise invalid("cmam_heads", self.cmam_heads, f"must divide lang_dim={self.lang_dim}")
+        if self.cmam_heads > 1 and self.cmam_style == "release":
+            raise invalid(
+                "cmam_heads",
+                self.cmam_heads,
+                'the release CMAM has one word weighting: use 1, or cmam_style "ours"',
             )
         if self.decoder_style == "release":
             width = self.decoder_dims[0]

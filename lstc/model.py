@@ -58,6 +58,7 @@ class VisualStream(nn.Module):
         cmam: str,
         lang_dim: int,
         heads: int,
+        cmam_heads: int = 1,
         style: str = "ours",
         dims: int = 2,
     ) -> None:
@@ -68,7 +69,7 @@ class VisualStream(nn.Module):
         def make(c: int) -> nn.Module:
             if style == "release":
                 return ReleaseCMAM(channels=c, lang_dim=lang_dim, dims=dims)
-            return CMAM(channels=c, lang_dim=lang_dim)
+            return CMAM(channels=c, lang_dim=lang_dim, heads=cmam_heads)
 
         self.cmams = nn.ModuleList(make(c) for c in chans) if cmam != "none" else None
         # the update after the last stage feeds the decoder's language
@@ -138,6 +139,7 @@ class LSTC(nn.Module):
                 cmam=cfg.cmam,
                 lang_dim=cfg.lang_dim,
                 heads=cfg.update_heads,
+                cmam_heads=cfg.cmam_heads,
                 style=cfg.cmam_style,
                 dims=2,
             )
@@ -155,6 +157,7 @@ class LSTC(nn.Module):
                 cmam=cfg.cmam,
                 lang_dim=cfg.lang_dim,
                 heads=cfg.update_heads,
+                cmam_heads=cfg.cmam_heads,
                 style=cfg.cmam_style,
                 dims=3,
             )

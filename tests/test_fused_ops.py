@@ -30,6 +30,7 @@ place and runs its assignment as one fused attention whose output column is ``2 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import math
 from pathlib import Path
 
@@ -64,18 +65,22 @@ def coords_of(v: torch.Tensor) -> torch.Tensor:
 
 
 def ref_cmam(m: CMAM, v: torch.Tensor, words: torch.Tensor, mask: torch.Tensor):
-    """CMAM's docstring: V' = ReLU(GN(Conv1x1([V; coords8]))); s_i = sum_n <W_q w_i, W_p V'_n>;
-    s / ||s|| over valid words; a = softmax_M(tau s); l = sum_i a_i w_i;
-    V + V' (sigmoid(W_l l + b_l) - 0.5)."""
+    """CMAM's docstring: V' = ReLU(GN(Conv1x1([V; coords8]))); s^h_i = sum_n <(W_q w_i)^h,
+    (W_p V'_n)^h> on the h-th of H slices of D/H features; s^h / ||s^h|| over valid words;
+    a^h = softmax_M(tau s^h); l^h = sum_i a^h_i w_i; V + V' (sigmoid(W_l [l^1..l^H] + b_l) - 0.5)."""
     ctx = m.context(torch.cat([v, coords_of(v)], 1).flatten(2))  # [B, C, N]
     keys = m.vis_proj(ctx)  # W_p V'_n + b_p at every position  [B, D, N]
     queries = m.word_proj(words)  # [B, L, D]
-    s = torch.einsum("bld,bdn->bl", queries, keys)
-    s = s.masked_fill(~mask, 0.0)
-    s = s / s.norm(dim=1, keepdim=True).clamp_min(1e-6)
-    a = torch.softmax((m.log_tau.exp() * s).masked_fill(~mask, -math.inf), dim=1)
-    sentence = torch.einsum("bl,bld->bd", a, words)
-    gate = torch.sigmoid(m.modulation(sentence)) - 0.5
+    b, length, d = queries.shape
+    h = m.heads
+    s = torch.einsum(
+        "blhe,bhen->bhl", queries.view(b, length, h, d // h), keys.view(b, h, d // h, -1)
+    )
+    s = s.masked_fill(~mask[:, None], 0.0)
+    s = s / s.norm(dim=2, keepdim=True).clamp_min(1e-6)
+    a = torch.softmax((m.log_tau.exp() * s).masked_fill(~mask[:, None], -math.inf), dim=2)
+    sentences = torch.einsum("bhl,bld->bhd", a, words)
+    gate = torch.sigmoid(m.modulation(sentences.reshape(b, h * d))) - 0.5
     out = v + ctx.view_as(v) * gate.view(*gate.shape, *([1] * (v.dim() - 2)))
     return out, ctx.view_as(v)
 
@@ -272,8 +277,10 @@ def test_modules_alone_equal_the_reference():
     dtype = torch.float64
     words = torch.randn(2, 6, 16, dtype=dtype)
     mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
-    for v in (torch.randn(2, 12, 8, 8, dtype=dtype), torch.randn(2, 12, 3, 8, 8, dtype=dtype)):
-        m = CMAM(channels=12, lang_dim=16).to(dtype)
+    shapes = ((2, 12, 8, 8), (2, 12, 3, 8, 8))
+    for heads, shape in itertools.product((1, 2, 4), shapes):
+        v = torch.randn(*shape, dtype=dtype)
+        m = CMAM(channels=12, lang_dim=16, heads=heads).to(dtype)
         torch.nn.init.normal_(m.modulation.weight)
         out, sentence, ctx = m(v, words, mask)
         want, want_ctx = ref_cmam(m, v, words, mask)

@@ -67,6 +67,7 @@ def test_unknown_key_is_named():
         ("num_frames", True),
         ("num_frames", 0),
         ("update_heads", 3),
+        ("cmam_heads", 0),
         ("freeze_text", "yes"),
     ],
 )
@@ -131,6 +132,11 @@ def test_ints_are_accepted_where_floats_are_expected():
         ({"cmam": "foo"}, "cmam='foo' is not valid: choose one of ['none', 'cmam', 'cmam_plus']"),
         ({"target_index": 4}, "target_index=4 is not valid: must be in [0, num_frames=4)"),
         ({"update_heads": 3}, "update_heads=3 is not valid: must divide lang_dim=32"),
+        ({"cmam_heads": 3}, "cmam_heads=3 is not valid: must divide lang_dim=32"),
+        (
+            {"preset": "tiny_cstm", "cmam_heads": 2},
+            "cmam_heads=2 is not valid: the release CMAM has one word weighting",
+        ),
         ({"input_size": [64, 80]}, "input_size=[64, 80] is not valid: must be two positive"),
         ({"input_size": [64]}, "input_size=[64] is not valid: expected a list of 2 values"),
         ({"decoder_dims": [8, 8]}, "decoder_dims=[8, 8] is not valid: must be 5 positive widths"),

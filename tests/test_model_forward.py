@@ -91,10 +91,13 @@ def loss_of(model: LSTC, seed: int = 2) -> torch.Tensor:
     return loss
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny_cstm_baseline"])
-def test_loss_is_finite_and_backward_reaches_every_trainable_parameter(preset):
+@pytest.mark.parametrize(
+    ("preset", "cmam_heads"), [("tiny", 1), ("tiny_cstm_baseline", 1), ("tiny_cstm_baseline", 4)]
+)
+def test_loss_is_finite_and_backward_reaches_every_trainable_parameter(preset, cmam_heads):
     # 64 px: at 32 px the deepest stage is 1x1 and attention over one position has no gradient
-    model = make(ModelConfig.preset(preset).replace(input_size=(64, 64)))
+    cfg = ModelConfig.preset(preset).replace(input_size=(64, 64), cmam_heads=cmam_heads)
+    model = make(cfg)
     model.train()
     # zero-initialised gates block gradients to their inputs at step 0: take two steps first
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -164,8 +167,9 @@ def perturb_zero_inits(model: LSTC) -> None:
 
 @pytest.mark.parametrize("cmam", ["cmam", "cmam_plus"])
 @pytest.mark.parametrize("lasp", ["on", "off"])
-def test_padding_words_do_not_change_the_output(cmam, lasp):
-    model = make(tiny(cmam=cmam, lasp=lasp)).eval()
+@pytest.mark.parametrize("cmam_heads", [1, 4])
+def test_padding_words_do_not_change_the_output(cmam, lasp, cmam_heads):
+    model = make(tiny(cmam=cmam, lasp=lasp, cmam_heads=cmam_heads)).eval()
     perturb_zero_inits(model)
     clip, ids, mask = inputs(model)
     long_tok = TextTokenizer(name=model.tokenizer.name, max_words=20)(TEXTS)
