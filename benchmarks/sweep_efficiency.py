@@ -54,8 +54,23 @@ Why seed 1 lost its best trial:
 - ``successive_halving --min-resource 2``: 28/48, keeping it;
 - ``--min-resource 1``: 19/48, keeping it on this seed only.
 
-A confirming run of the epoch-2 rules on both seeds, e.g. ``--pruner median --warmup 1
---startup 1``, is still to be done.
+Confirming run on the current recipe (frozen text and 3D encoders, ``SHAPES_MOTION_V1``;
+commit 142c41d), 2026-12-02, ``--pruner median --warmup 1 --startup 1``, seed 0 (the run was
+stopped after it, see below):
+- pruned: 32/48 trial-epochs (0.67x), best 49.53 (3 COMPLETE, 9 PRUNED);
+- unpruned: best 48.20; the trials both sweeps share gave identical curves again.
+The learning curves changed with the recipe: every trial sits at 27–35 for epochs 1–2 (the
+"segment every shape" plateau) and the good ones break out only at epoch 3 (trial 1: 29.0,
+34.5, 46.3, 48.2; trial 10: 29.1, 32.2, 38.8, 40.7). ``--replay`` on that unpruned study:
+- rules that decide at epoch 1 (``median --warmup 0``, ``successive_halving --min-resource
+  1``, reduction factor 2 or 3) spend 0.44–0.50x and lose the best (36.57 instead of 48.20);
+- rules that decide first at epoch 2 (``median``/``percentile`` ``--warmup 1``, any
+  percentile 10–90, startup 1–3) keep it and spend 0.65–0.71x; ``successive_halving
+  --min-resource 2``: 0.71x.
+A rule whose first decision is at epoch 2 spends ``(4 k + 2 (12 - k)) / 48`` at best with
+``k`` trials completed, which is <= 0.6 only for ``k <= 2``: at a 4-epoch budget whose
+epoch-2 values are a plateau, none of the rules tried reaches the target. Seed 1 was not
+run on this recipe.
 """
 
 from __future__ import annotations
