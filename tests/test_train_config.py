@@ -380,8 +380,13 @@ def test_from_dict_names_its_source():
 def test_old_checkpoint_recipe_still_loads(tmp_path):
     (tmp_path / "recipe.yaml").write_text(OLD_CHECKPOINT_RECIPE)
     recipe = load_recipe_from_checkpoint(tmp_path)
-    # the tiny recipe as it was then (it has started from SHAPES_MOTION_V1 since issue 14)
-    then = ["model.temporal_weights=null", "model.freeze_text=false", "model.freeze_temporal=false"]
+    # the tiny recipe as it was then (SHAPES_MOTION_V1 and 128-d language since issue 14)
+    then = [
+        "model.temporal_weights=null",
+        "model.freeze_text=false",
+        "model.freeze_temporal=false",
+        "model.lang_dim=32",
+    ]
     assert recipe == load_recipe(TINY, then)
     assert recipe.source == str(tmp_path / "recipe.yaml")
     # today's writer: every key of the old file (but the removed one) with its value, in the
