@@ -28,7 +28,6 @@ from __future__ import annotations
 import sqlite3
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -403,13 +402,14 @@ def backdate_heartbeat(url: str, trial_id: int, seconds: int) -> None:
 
 
 class LiveDriver(threading.Thread):
-    """Another sweep driver's running trial, its heartbeat fresh (dated ahead) until the rerun's retry of
-    trial ``retried`` has started (bounded by 900 s), notes its own trial's state at that
-    moment, then tells its trial COMPLETE with LIVE_VALUE."""
+    """Another sweep driver's running trial, its heartbeat fresh (dated ahead) until the rerun
+    starts the retry of the stale trial (``retry_started``, set by the rerun's
+    ``on_trial_start``; bounded at 900 s so that a broken rerun cannot hang the suite), notes
+    its own trial's state at that moment, then tells its trial COMPLETE with LIVE_VALUE."""
 
-    def __init__(self, url: str, number: int, retried: int) -> None:
+    def __init__(self, url: str, number: int, retry_started: threading.Event) -> None:
         super().__init__(name="live-sweep-driver", daemon=True)
-        self.url, self.number, self.retried = url, number, retried
+        self.url, self.number, self.retry_started = url, number, retry_started
         self.state_when_retried: str | None = None
 
     def run(self) -> None:
@@ -425,16 +425,8 @@ class LiveDriver(threading.Thread):
         # a live driver's heartbeat, dated a day ahead: fresh however slow the machine is
         storage.record_heartbeat(trial_id)
         backdate_heartbeat(self.url, trial_id, -86400)
-        deadline = time.monotonic() + 900
-        while time.monotonic() < deadline:
-            trials = study.get_trials(deepcopy=False)
-            if any(
-                t.system_attrs.get("failed_trial") == self.retried and t.state.name != "WAITING"
-                for t in trials
-            ):
-                self.state_when_retried = trials[self.number].state.name
-                break
-            threading.Event().wait(0.2)  # poll interval of the condition above
+        if self.retry_started.wait(timeout=900):
+            self.state_when_retried = study.trials[self.number].state.name
         study.tell(self.number, LIVE_VALUE)
 
 
@@ -473,9 +465,15 @@ def sweep_runs(ray_local, tiny_shards, tmp_path_factory):
         _enqueue(study, LIVE)
         live = study.ask()
         assert suggest(live, spec.space) == LIVE and live.number == 4
-        driver = LiveDriver(storage, live.number, retried=3)
+        retry_started = threading.Event()
+
+        def on_trial_start(number: int, params: dict) -> None:
+            if params == KILLED:  # the retry of trial 3 (asserted in the tests below)
+                retry_started.set()
+
+        driver = LiveDriver(storage, live.number, retry_started)
         driver.start()
-        second = run_sweep(spec, n_trials=4, progress=False)
+        second = run_sweep(spec, n_trials=4, progress=False, on_trial_start=on_trial_start)
         driver.join(timeout=60)
         yield {
             "live_driver": driver,

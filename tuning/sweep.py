@@ -154,8 +154,10 @@ class Sweep:
         address: str | None = None,
         callbacks: Sequence[Any] = (),
         progress: bool = True,
+        on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_trial_start = on_trial_start
         self.study_name = study_name or spec.name
         self.storage_arg = storage or spec.storage
         self.address = address
@@ -504,6 +506,8 @@ class Sweep:
                 ):
                     trial = self._ask(study)
                     params = self._suggest(trial)
+                    if self.on_trial_start is not None:
+                        self.on_trial_start(trial.number, dict(params))
                     fut = _start_thread(
                         self._run_trial,
                         trial.number,
@@ -669,10 +673,13 @@ def run_sweep(
     address: str | None = None,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
+    on_trial_start: Callable[[int, dict[str, Any]], None] | None = None,
 ) -> SweepResult:
     """Run (or continue) the sweep of ``spec``; see the module docstring.
 
     ``callbacks``: extra worker callbacks given to every trial (after the pruning one).
+    ``on_trial_start(number, params)``: called in this process as each trial (a retry too)
+    starts, its state already RUNNING in the study, before its workers are launched.
     """
     sweep = Sweep(
         spec,
@@ -681,6 +688,7 @@ def run_sweep(
         address=address,
         callbacks=callbacks,
         progress=progress,
+        on_trial_start=on_trial_start,
     )
     return sweep.run(n_trials=n_trials, parallel=parallel)
 
