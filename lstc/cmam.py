@@ -107,8 +107,7 @@ class CMAM(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns the modulated features, the sentence vector ``l [B, D]`` (the mean of the
         ``l^h`` when ``H > 1``) and the context features ``V'`` (both feature maps shaped like
-        `v`). `mask`: ``[B, L]`` bool or the
-        forward's shared :class:`~lstc.layers.WordMask`."""
+        `v`). `mask`: ``[B, L]`` bool or the forward's shared :class:`~lstc.layers.WordMask`."""
         if not isinstance(mask, WordMask):
             mask = WordMask.of(mask, words.dtype)
         x = torch.cat([v, coords_like(v)], dim=1).flatten(2)
