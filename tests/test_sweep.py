@@ -402,32 +402,31 @@ def backdate_heartbeat(url: str, trial_id: int, seconds: int) -> None:
 
 
 class LiveDriver(threading.Thread):
-    """Another sweep driver's running trial, its heartbeat fresh (dated ahead) until the rerun
-    starts the retry of the stale trial (``retry_started``, set by the rerun's
-    ``on_trial_start``; bounded at 900 s so that a broken rerun cannot hang the suite), notes
-    its own trial's state at that moment, then tells its trial COMPLETE with LIVE_VALUE."""
+    """Another sweep driver's running trial. Its heartbeat is recorded dated a day ahead when
+    it is made (fresh however slow the machine is), so the rerun leaves it running. The thread
+    is started by the rerun's ``on_trial_start`` as the retry of the stale trial starts: it
+    notes its own trial's state at that moment, then tells its trial COMPLETE with LIVE_VALUE
+    (no waiting: the retry has started when it runs)."""
 
-    def __init__(self, url: str, number: int, retry_started: threading.Event) -> None:
-        super().__init__(name="live-sweep-driver", daemon=True)
-        self.url, self.number, self.retry_started = url, number, retry_started
-        self.state_when_retried: str | None = None
-
-    def run(self) -> None:
+    def __init__(self, url: str, number: int) -> None:
         import optuna
 
         from tuning.heartbeat import quiet_experimental
         from tuning.storage import open_storage
 
+        super().__init__(name="live-sweep-driver", daemon=True)
+        self.number = number
+        self.state_when_retried: str | None = None
         with quiet_experimental():
-            storage = open_storage(self.url, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
-            study = optuna.load_study(study_name=STUDY, storage=storage)
-        trial_id = study.trials[self.number]._trial_id
-        # a live driver's heartbeat, dated a day ahead: fresh however slow the machine is
+            storage = open_storage(url, heartbeat_s=HEARTBEAT_S, grace_s=GRACE_S)
+            self.study = optuna.load_study(study_name=STUDY, storage=storage)
+        trial_id = self.study.trials[number]._trial_id
         storage.record_heartbeat(trial_id)
-        backdate_heartbeat(self.url, trial_id, -86400)
-        if self.retry_started.wait(timeout=900):
-            self.state_when_retried = study.trials[self.number].state.name
-        study.tell(self.number, LIVE_VALUE)
+        backdate_heartbeat(url, trial_id, -86400)
+
+    def run(self) -> None:
+        self.state_when_retried = self.study.trials[self.number].state.name
+        self.study.tell(self.number, LIVE_VALUE)
 
 
 @pytest.fixture(scope="module")
@@ -465,16 +464,14 @@ def sweep_runs(ray_local, tiny_shards, tmp_path_factory):
         _enqueue(study, LIVE)
         live = study.ask()
         assert suggest(live, spec.space) == LIVE and live.number == 4
-        retry_started = threading.Event()
+        driver = LiveDriver(storage, live.number)
 
         def on_trial_start(number: int, params: dict) -> None:
             if params == KILLED:  # the retry of trial 3 (asserted in the tests below)
-                retry_started.set()
+                driver.start()
+                driver.join()
 
-        driver = LiveDriver(storage, live.number, retry_started)
-        driver.start()
         second = run_sweep(spec, n_trials=4, progress=False, on_trial_start=on_trial_start)
-        driver.join(timeout=60)
         yield {
             "live_driver": driver,
             "tmp": tmp,
