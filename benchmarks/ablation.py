@@ -23,20 +23,35 @@ Usage (after ``lstc synth --scale demo`` and ``lstc prep ... --frames 4 --stride
 
     python benchmarks/ablation.py --shards data/refer_shapes/shards --seeds 0 1 2
     python benchmarks/ablation.py --variants lstc spatial_only --seeds 0 1 2 train.epochs=2
+    python benchmarks/ablation.py --jobs 2 --seeds 0 1 2 train.num_workers=1
+    python benchmarks/ablation.py --table-only train.num_workers=1
 
-Finished (variant, seed) runs are found in the MLflow experiment by their tags and not run
-again, so an interrupted study resumes where it stopped.
+Finished (variant, seed) runs are found in the MLflow experiment by their tags (variant, seed,
+and a key of the recipe file's text, the overrides and the shards) and not run again, so an
+interrupted study resumes where it stopped, and a changed recipe is trained afresh.
+
+``--jobs N`` trains N (variant, seed) runs at once, each in a subprocess of this script with
+its own local Ray instance (on 2 cores: ``--jobs 2 train.num_workers=1`` keeps both cores
+busy with one single-threaded worker per run). Their logs go to ``outputs/ablation_logs/``.
+``--table-only`` writes the table from the finished runs without training the missing ones.
+
+Below the table, the script checks the paper's orderings on the seed means: LSTC over
+spatial-only on motion-only expressions by >= 10 points, LSTC over temporal-only on
+appearance-only ones, LSTC >= the CSTM anchor overall.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -119,18 +134,63 @@ def run_variant(shards: str, variant: str, seed: int, extra: Sequence[str], uri:
     return dict(result.last_metrics)
 
 
-def _key(extra: Sequence[str], shards: str) -> str:
+def _key(extra: Sequence[str], shards: str, recipe: Path = RECIPE) -> str:
+    """Settings key of a study: the recipe file's text, the overrides and the shards."""
     import hashlib
 
-    return hashlib.sha256(repr((sorted(extra), str(shards))).encode()).hexdigest()[:12]
+    text = recipe.read_text()
+    return hashlib.sha256(repr((text, sorted(extra), str(shards))).encode()).hexdigest()[:12]
+
+
+#: the paper's orderings: (claim, variant a, variant b, metric key, margin in points, whether
+#: a difference equal to the margin holds)
+CLAIMS: tuple[tuple[str, str, str, str, float, bool], ...] = (
+    (
+        "LSTC > spatial-only on motion-only expressions by >= 10 points",
+        "lstc",
+        "spatial_only",
+        "val/motion/mean_iou",
+        10.0,
+        True,
+    ),
+    (
+        "LSTC > temporal-only on appearance-only expressions",
+        "lstc",
+        "temporal_only",
+        "val/appearance/mean_iou",
+        0.0,
+        False,
+    ),
+    ("LSTC >= the CSTM anchor on overall IoU", "lstc", "cstm", "val/overall_iou", 0.0, True),
+)
+
+
+def claims(results: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
+    """One line per claim: the difference of the seed means (points) and whether it clears the
+    margin, or which side has no finished run."""
+    lines = []
+    for text, a, b, key, margin, inclusive in CLAIMS:
+        va = [100.0 * r[key] for r in results.get(a, ()) if key in r]
+        vb = [100.0 * r[key] for r in results.get(b, ()) if key in r]
+        if not va or not vb:
+            lines.append(f"- {text}: not measured ({a}: {len(va)} seeds, {b}: {len(vb)} seeds)")
+            continue
+        diff = math.fsum(va) / len(va) - math.fsum(vb) / len(vb)
+        holds = diff >= margin if inclusive else diff > margin
+        verdict = "holds" if holds else "does NOT hold"
+        lines.append(
+            f"- {text}: {diff:+.1f} points ({a} {len(va)} seeds, {b} {len(vb)} seeds): {verdict}"
+        )
+    return "\n".join(lines)
 
 
 def write_doc(path: Path, body: str, command: str) -> None:
     import torch
 
     machine = (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"{platform.platform()}, torch {torch.__version__}"
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{torch.get_num_threads()} torch threads in the driver, {platform.platform()}, "
+        f"torch {torch.__version__}"
     )
     path.write_text(
         "# Ablations on refer-shapes\n\n"
@@ -145,6 +205,18 @@ def write_doc(path: Path, body: str, command: str) -> None:
     )
 
 
+def _run_in_subprocess(args: argparse.Namespace, variant: str, seed: int, log_dir: Path) -> int:
+    """Train one (variant, seed) in a child of this script (its own local Ray instance)."""
+    log = log_dir / f"{variant}-s{seed}.log"
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--no-table", "--jobs", "1",
+        "--shards", args.shards, "--tracking-uri", args.tracking_uri,
+        "--variants", variant, "--seeds", str(seed), *args.overrides,
+    ]  # fmt: skip
+    with log.open("w") as out:
+        return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--shards", default=str(REPO / "data" / "refer_shapes" / "shards"))
@@ -152,30 +224,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'outputs' / 'ablation.db'}")
     p.add_argument("--out", default=str(REPO / "docs" / "ablation.md"))
+    p.add_argument(
+        "--jobs", type=int, default=1,
+        help="(variant, seed) runs trained at once, each in a subprocess with its own local "
+        "Ray instance (default 1: one after another in this process)",
+    )  # fmt: skip
+    p.add_argument(
+        "--table-only", action="store_true",
+        help="write the table from the finished runs; train nothing",
+    )  # fmt: skip
+    p.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="recipe key=value overrides for every variant")
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=args.tracking_uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
     key = _key(args.overrides, args.shards)
+    # seed-major: an interrupted study has every variant at its first seeds
+    pairs = [(v, s) for s in args.seeds for v in args.variants]
+    pending = [(v, s) for v, s in pairs if _finished(client, exp_id, v, s, key) is None]
+    print(f"{len(pairs) - len(pending)} of {len(pairs)} runs finished already", flush=True)
+    failed: list[tuple[str, int]] = []
+    if pending and not args.table_only:
+        if args.jobs == 1:
+            for n, (variant, seed) in enumerate(pending, 1):
+                print(f"== [{n}/{len(pending)}] {variant} seed {seed}", flush=True)
+                run_variant(args.shards, variant, seed, args.overrides, args.tracking_uri)
+        else:
+            log_dir = REPO / "outputs" / "ablation_logs"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            print(f"training {len(pending)} runs, {args.jobs} at a time; logs in {log_dir}")
+            with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+                futures = {
+                    pool.submit(_run_in_subprocess, args, v, s, log_dir): (v, s) for v, s in pending
+                }
+                for n, fut in enumerate(as_completed(futures), 1):
+                    (variant, seed), rc = futures[fut], fut.result()
+                    if rc != 0:
+                        failed.append((variant, seed))
+                    state = "done" if rc == 0 else f"FAILED (exit {rc}; {variant}-s{seed}.log)"
+                    print(f"== [{n}/{len(pending)}] {variant} seed {seed}: {state}", flush=True)
+    if args.no_table:
+        return 1 if failed else 0
     results: dict[str, list[dict]] = {}
+    missing = []
     for variant in args.variants:
         for seed in args.seeds:
             done = _finished(client, exp_id, variant, seed, key)
             if done is None:
-                print(f"== {variant} seed {seed}", flush=True)
-                done = run_variant(args.shards, variant, seed, args.overrides, args.tracking_uri)
+                missing.append(f"{variant} seed {seed}")
             else:
-                print(f"== {variant} seed {seed}: finished run found, kept", flush=True)
-            results.setdefault(variant, []).append(done)
-    body = table(results)
+                results.setdefault(variant, []).append(done)
+    body = table(results) + "\n\nThe paper's orderings (seed means):\n\n" + claims(results)
+    if missing:
+        body += "\n\nNot finished yet (rerun the command to train them): " + ", ".join(missing)
     print(body)
     command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
     write_doc(Path(args.out), body, command)
     print(f"table written to {args.out}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
