@@ -22,8 +22,8 @@ Usage (after ``lstc synth --scale demo`` and ``lstc prep ... --frames 4 --stride
 64``, or ``make demo``, which leaves the shards in ``data/refer_shapes/shards``)::
 
     python benchmarks/ablation.py --shards data/refer_shapes/shards --seeds 0 1 2
-    python benchmarks/ablation.py --variants lstc spatial_only --seeds 0 1 2 train.epochs=2
-    python benchmarks/ablation.py --jobs 2 --seeds 0 1 2 train.num_workers=1
+    python benchmarks/ablation.py --variants lstc spatial_only --seeds 0 1 2 -- train.epochs=2
+    python benchmarks/ablation.py --jobs 2 --seeds 0 1 2 -- train.num_workers=1
     python benchmarks/ablation.py --table-only train.num_workers=1
 
 Finished (variant, seed) runs are found in the MLflow experiment by their tags (variant, seed,
@@ -211,7 +211,7 @@ def _run_in_subprocess(args: argparse.Namespace, variant: str, seed: int, log_di
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--no-table", "--jobs", "1",
         "--shards", args.shards, "--tracking-uri", args.tracking_uri,
-        "--variants", variant, "--seeds", str(seed), *args.overrides,
+        "--variants", variant, "--seeds", str(seed), "--", *args.overrides,
     ]  # fmt: skip
     with log.open("w") as out:
         return subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
@@ -234,7 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="write the table from the finished runs; train nothing",
     )  # fmt: skip
     p.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("overrides", nargs="*", help="recipe key=value overrides for every variant")
+    p.add_argument(
+        "overrides", nargs="*",
+        help="recipe key=value overrides for every variant (after --seeds, separate them with --)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.jobs < 1:
         p.error("--jobs must be >= 1")
