@@ -286,7 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if missing:
         body += "\n\nNot finished yet (rerun the command to train them): " + ", ".join(missing)
     print(body)
-    command = " ".join(["python", "benchmarks/ablation.py", *sys.argv[1:]])
+    command = " ".join(
+        ["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     write_doc(Path(args.out), body, command)
     print(f"table written to {args.out}")
     return 1 if failed else 0

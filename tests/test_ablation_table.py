@@ -68,3 +68,73 @@ def test_motion_study_logs_the_metric_names_mlflow_rejects(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.metrics == {"J_and_F": 0.5, "mAP_at_0.5": 0.25, "motion/mean_iou": 0.4}
     assert run.data.params == {"only_label": "motion"}
+
+
+def test_the_settings_key_follows_the_recipe_text(tmp_path):
+    """A changed recipe file is a new study: its runs are trained afresh, not found."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  lang_dim: 32\n")
+    before = ablation._key(["train.epochs=2"], "/shards", recipe)
+    assert before == ablation._key(["train.epochs=2"], "/shards", recipe)
+    recipe.write_text("model:\n  lang_dim: 128\n")
+    assert ablation._key(["train.epochs=2"], "/shards", recipe) != before
+    # override order does not matter, their values do
+    assert ablation._key(["a=1", "b=2"], "/s", recipe) == ablation._key(
+        ["b=2", "a=1"], "/s", recipe
+    )
+    assert ablation._key(["a=1"], "/s", recipe) != ablation._key(["a=2"], "/s", recipe)
+
+
+def test_claims_compare_seed_means_against_their_margins():
+    def runs(*values: float, key: str) -> list[dict]:
+        return [{key: v} for v in values]
+
+    motion, app, overall = "val/motion/mean_iou", "val/appearance/mean_iou", "val/overall_iou"
+    results = {
+        # motion: lstc mean 0.75, spatial mean 0.65 -> +10.0 points, margin 10 inclusive: holds
+        "lstc": [
+            {motion: 0.70, app: 0.80, overall: 0.60},
+            {motion: 0.80, app: 0.80, overall: 0.60},
+        ],
+        "spatial_only": runs(0.64, 0.66, key=motion),
+        # appearance: equal means -> +0.0, strict claim: does not hold
+        "temporal_only": runs(0.79, 0.81, key=app),
+    }
+    lines = ablation.claims(results).splitlines()
+    assert lines[0].endswith("+10.0 points (lstc 2 seeds, spatial_only 2 seeds): holds")
+    assert lines[1].endswith("+0.0 points (lstc 2 seeds, temporal_only 2 seeds): does NOT hold")
+    assert lines[2].endswith("not measured (lstc: 2 seeds, cstm: 0 seeds)")
+    results["cstm"] = runs(0.61, key=overall)  # 60 vs 61: LSTC below the anchor
+    assert (
+        ablation.claims(results)
+        .splitlines()[2]
+        .endswith("-1.0 points (lstc 2 seeds, cstm 1 seeds): does NOT hold")
+    )
+
+
+def test_table_only_writes_the_finished_runs_and_names_the_missing(tmp_path):
+    """``--table-only`` trains nothing: the document holds the finished (variant, seed) runs of
+    these settings, the orderings, and the runs still to train."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.create_experiment(ablation.EXPERIMENT)
+    key = ablation._key(["train.num_workers=1"], "/shards")
+    for variant, seed, value in (("lstc", 0, 0.8), ("lstc", 1, 0.6), ("spatial_only", 0, 0.5)):
+        r = client.create_run(
+            exp,
+            tags={"ablation_variant": variant, "ablation_seed": str(seed), "ablation_key": key},
+        )
+        client.log_metric(r.info.run_id, "val/motion/mean_iou", value)
+        client.set_terminated(r.info.run_id, "FINISHED")
+    out = tmp_path / "ablation.md"
+    argv = ["--table-only", "--shards", "/shards", "--tracking-uri", uri, "--out", str(out)]
+    argv += ["--variants", "lstc", "spatial_only", "--seeds", "0", "1", "--", "train.num_workers=1"]
+    assert ablation.main(argv) == 0
+    doc = out.read_text()
+    assert "| lstc | 2 | – | – | – | 70.0 ± 14.1 | – | – |" in doc
+    assert "| spatial_only | 1 | – | – | – | 50.0 ± 0.0 | – | – |" in doc
+    assert "by >= 10 points: +20.0 points (lstc 2 seeds, spatial_only 1 seeds): holds" in doc
+    assert "Not finished yet (rerun the command to train them): spatial_only seed 1" in doc
+    assert "train.num_workers=1" in doc.split("Command:")[1]
