@@ -269,7 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     (variant, seed), rc = futures[fut], fut.result()
                     if rc != 0:
                         failed.append((variant, seed))
-                    state = "done" if rc == 0 else f"FAILED (exit {rc}; {variant}-s{seed}.log)"
+                    state = f"FAILED (exit {rc}; {variant}-s{seed}.log)"
+                    if rc == 0:
+                        got = _finished(client, exp_id, variant, seed, key) or {}
+                        state = "done: " + ", ".join(
+                            f"{h} {100.0 * got[k]:.1f}" for h, k in COLUMNS if k in got
+                        )
                     print(f"== [{n}/{len(pending)}] {variant} seed {seed}: {state}", flush=True)
     if args.no_table:
         return 1 if failed else 0
