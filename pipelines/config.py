@@ -206,6 +206,9 @@ class OptimConfig(_Section):
     backbone_lr_mult: float = Field(
         1.0, ge=0, description="lr factor of the pretrained encoders (visual + text)"
     )
+    update_lr_mult: float = Field(
+        1.0, ge=0, description="lr factor of the CMAM+ language updates (0 keeps them identity)"
+    )
     grad_clip: float = Field(0.0, ge=0, description="max global grad norm; 0 = off")
     accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
 

@@ -94,6 +94,25 @@ def test_backbone_lr_multiplier(recipe, model):
     assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def test_language_update_lr_multiplier(model):
+    """``update_lr_mult``: the CMAM+ updates (and only they) get a group of their own; at 1 the
+    groups are the old two (older checkpoints' optimizer state keeps its layout)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {g["name"]: g for g in param_groups(model, 1.0, 0.1, 0.25)}
+    assert groups["language_update"]["lr"] == pytest.approx(0.25)
+    update = {names[id(p)] for p in groups["language_update"]["params"]}
+    expected = {
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith(("spatial.updates.", "temporal.updates."))
+    }
+    assert update == expected and expected
+    assert not any(".updates." in names[id(p)] for p in groups["head"]["params"])
+    n = sum(p.numel() for g in groups.values() for p in g["params"])
+    assert n == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert [g["name"] for g in param_groups(model, 1.0, 0.1, 1.0)] == ["head", "backbone"]
+
+
 def test_schedules():
     paper = load_recipe("configs/a2d_paper.yaml").schedule
     f = lr_factor(paper, epochs=9, steps_per_epoch=100)

@@ -109,6 +109,7 @@ optim:
   weight_decay: 0.0
   momentum: 0.9
   backbone_lr_mult: 1.0
+  update_lr_mult: 1.0
   grad_clip: 5.0
   accumulation: 1
 schedule:

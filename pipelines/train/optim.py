@@ -1,7 +1,10 @@
 """Optimizer and learning-rate schedule of a recipe (``optim`` and ``schedule`` sections).
 
 Parameter groups: the pretrained encoders (``spatial.encoder``, ``temporal.encoder``, ``text``)
-get ``lr * backbone_lr_mult``, everything else ``lr``; frozen parameters are left out.
+get ``lr * backbone_lr_mult``, everything else ``lr``; frozen parameters are left out. With
+``update_lr_mult != 1`` the CMAM+ language updates (``spatial.updates``, ``temporal.updates``)
+get a group of their own at ``lr * update_lr_mult`` (at 1 they stay in the head group, so the
+optimizer state of older checkpoints keeps its layout).
 
 The schedule is a multiplicative factor per **optimizer step** ``k``, with ``e = k /
 steps_per_epoch`` the (fractional) epoch:
@@ -28,19 +31,30 @@ if TYPE_CHECKING:  # pragma: no cover
     from pipelines.config import Recipe, ScheduleConfig
 
 BACKBONE_PREFIXES = ("spatial.encoder.", "temporal.encoder.", "text.")
+UPDATE_PREFIXES = ("spatial.updates.", "temporal.updates.")
 
 
-def param_groups(model: Any, lr: float, backbone_lr_mult: float) -> list[dict[str, Any]]:
-    backbone, head = [], []
+def param_groups(
+    model: Any, lr: float, backbone_lr_mult: float, update_lr_mult: float = 1.0
+) -> list[dict[str, Any]]:
+    backbone, head, update = [], [], []
+    own_update_group = update_lr_mult != 1.0
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (backbone if name.startswith(BACKBONE_PREFIXES) else head).append(p)
+        if name.startswith(BACKBONE_PREFIXES):
+            backbone.append(p)
+        elif own_update_group and name.startswith(UPDATE_PREFIXES):
+            update.append(p)
+        else:
+            head.append(p)
     groups = []
     if head:
         groups.append({"params": head, "lr": lr, "name": "head"})
     if backbone:
         groups.append({"params": backbone, "lr": lr * backbone_lr_mult, "name": "backbone"})
+    if update:
+        groups.append({"params": update, "lr": lr * update_lr_mult, "name": "language_update"})
     return groups
 
 
@@ -48,7 +62,7 @@ def build_optimizer(model: Any, recipe: Recipe) -> torch.optim.Optimizer:
     import torch
 
     o = recipe.optim
-    groups = param_groups(model, o.lr, o.backbone_lr_mult)
+    groups = param_groups(model, o.lr, o.backbone_lr_mult, o.update_lr_mult)
     if o.name == "adam":
         return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
     if o.name == "adamw":
