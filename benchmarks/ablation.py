@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in args.seeds:
             done = _finished(client, exp_id, variant, seed, key)
             if done is None:
-                missing.append(f"{variant} seed {seed}")
+                missing.append(f"({variant}, seed {seed})")
             else:
                 results.setdefault(variant, []).append(done)
     body = table(results) + "\n\nThe paper's orderings (seed means):\n\n" + claims(results)

@@ -136,5 +136,5 @@ def test_table_only_writes_the_finished_runs_and_names_the_missing(tmp_path):
     assert "| lstc | 2 | – | – | – | 70.0 ± 14.1 | – | – |" in doc
     assert "| spatial_only | 1 | – | – | – | 50.0 ± 0.0 | – | – |" in doc
     assert "by >= 10 points: +20.0 points (lstc 2 seeds, spatial_only 1 seeds): holds" in doc
-    assert "Not finished yet (rerun the command to train them): spatial_only seed 1" in doc
+    assert "Not finished yet (rerun the command to train them): (spatial_only, seed 1)" in doc
     assert "train.num_workers=1" in doc.split("Command:")[1]

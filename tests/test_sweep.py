@@ -406,7 +406,7 @@ class LiveDriver(threading.Thread):
     it is made (fresh however slow the machine is), so the rerun leaves it running. The thread
     is started by the rerun's ``on_trial_start`` as the retry of the stale trial starts: it
     notes its own trial's state at that moment, then tells its trial COMPLETE with LIVE_VALUE
-    (no waiting: the retry has started when it runs)."""
+    (the retry has already started when it runs)."""
 
     def __init__(self, url: str, number: int) -> None:
         import optuna
