@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'outputs' / 'motion_study.db'}")
     p.add_argument("overrides", nargs="*", help="recipe key=value overrides")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     import torch
 
     global ONLY_LABEL

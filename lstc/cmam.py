@@ -184,6 +184,16 @@ class ReleaseCMAM(nn.Module):
         return torch.addcmul(v, context, gate), sentence, context
 
 
+def _update_bound(bound: str) -> nn.Module:
+    """``tanh``: the residual a CMAM+ update adds is kept in ``(-1, 1)`` per feature, the range
+    of the text head's own ``tanh`` words; ``none``: unbounded (``model.update_bound``)."""
+    if bound == "tanh":
+        return nn.Tanh()
+    if bound == "none":
+        return nn.Identity()
+    raise ValueError(f"update bound {bound!r}: choose 'tanh' or 'none'")
+
+
 class LanguageUpdate(nn.Module):
     r"""CMAM+'s progressive language update for one stage of one stream (our design).
 
@@ -205,10 +215,13 @@ class LanguageUpdate(nn.Module):
     shallow, high-resolution stages.
     """
 
-    def __init__(self, *, channels: int, lang_dim: int, heads: int, pool: int = 16) -> None:
+    def __init__(
+        self, *, channels: int, lang_dim: int, heads: int, pool: int = 16, bound: str = "tanh"
+    ) -> None:
         super().__init__()
         self.heads = heads
         self.pool = pool
+        self._bound = _update_bound(bound)
         self.norm = nn.LayerNorm(lang_dim)
         self.q = nn.Linear(lang_dim, lang_dim)
         self.kv = nn.Conv1d(channels, 2 * lang_dim, 1)
@@ -238,4 +251,52 @@ class LanguageUpdate(nn.Module):
         k, v = kv.view(b, -1, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, h, N', dh] each
         q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
         ctx = F.scaled_dot_product_attention(q, k, v)  # [B, h, L, dh]
-        return words + self.out(ctx.transpose(1, 2).reshape(b, length, d))
+        return words + self._bound(self.out(ctx.transpose(1, 2).reshape(b, length, d)))
+
+
+class SentenceContextUpdate(nn.Module):
+    r"""CMAM+'s progressive language update, words-to-words (``update_attends="words"``).
+
+    The abstract's update *enriches the linguistic global context* stage by stage and per
+    stream. Here every word gathers context from the **other words** of its expression, with
+    the choice of words steered by what the stream sees at this stage, so the refined words
+    stay in the span of the language features (no visual values are written into them):
+
+    * ``g = W_g mean_n V'_n``                          (the stage's global visual context)
+    * ``x_i = LN(w_i)``; ``q_i = W_q x_i + g``, ``k_j = W_k x_j``, ``v_j = W_v x_j``  (h heads)
+    * ``c_i = sum_j softmax_j(q_i . k_j / sqrt(d_h) | M_j) v_j``   (padding words never keys)
+    * ``w_i <- w_i + W_o c_i``   with ``W_o = 0`` at init (identity at the start)
+
+    ``g`` adds ``g . k_j`` to every query's score of word ``j``: the stage decides which
+    words the sentence context is made of (motion words after a 3D stage, say), while
+    ``W_q x_i`` keeps each word's own syntax-like preferences.
+    """
+
+    def __init__(self, *, channels: int, lang_dim: int, heads: int, bound: str = "tanh") -> None:
+        super().__init__()
+        self.heads = heads
+        self._bound = _update_bound(bound)
+        self.norm = nn.LayerNorm(lang_dim)
+        self.visual = nn.Linear(channels, lang_dim)
+        self.qkv = nn.Linear(lang_dim, 3 * lang_dim)
+        self.out = zero_init(nn.Linear(lang_dim, lang_dim))
+
+    def forward(
+        self,
+        context: torch.Tensor,
+        words: torch.Tensor,
+        mask: torch.Tensor | WordMask | None = None,
+    ) -> torch.Tensor:
+        """`context`: CMAM's ``V'`` ``[B, C, *S]``; returns the refined words ``[B, L, D]``."""
+        b, length, d = words.shape
+        dh = d // self.heads
+        g = self.visual(context.flatten(2).mean(-1))  # [B, D]
+        qkv = self.qkv(self.norm(words)).view(b, length, 3, self.heads, dh)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # [B, h, L, dh] each
+        q = q + g.view(b, self.heads, 1, dh)
+        keep = None
+        if mask is not None:
+            valid = mask.valid if isinstance(mask, WordMask) else mask
+            keep = valid.bool()[:, None, None, :]  # [B, 1, 1, L]: True = a key
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, L, dh]
+        return words + self._bound(self.out(ctx.transpose(1, 2).reshape(b, length, d)))

@@ -35,6 +35,8 @@ SpatialBackbone = Literal["resnet18", "resnet50", "resnet101", "tiny"]
 TemporalBackbone = Literal["i3d", "s3d", "r2plus1d_18", "tiny"]
 Streams = Literal["both", "spatial", "temporal"]
 CmamMode = Literal["none", "cmam", "cmam_plus"]
+UpdateAttends = Literal["visual", "words"]
+UpdateBound = Literal["tanh", "none"]
 OnOff = Literal["on", "off"]
 Fusion = Literal["concat", "sum", "gated"]
 Style = Literal["ours", "release"]
@@ -332,6 +334,14 @@ class ModelConfig(FrozenConfig):
     lasp_prototypes: int = Field(4, ge=1, description="LASP prototypes per level")
     lasp_dim: int = Field(64, ge=1, description="LASP sampling width")
     update_heads: int = Field(4, ge=1, description="attention heads of the CMAM+ language update")
+    update_attends: UpdateAttends = Field(
+        "visual",
+        description='CMAM+ words gather context from "visual" features or from the other "words"',
+    )
+    update_bound: UpdateBound = Field(
+        "tanh",
+        description='"tanh": each CMAM+ residual stays in (-1, 1) per feature, the words\' range',
+    )
     cmam_heads: int = Field(
         1, ge=1, description='word weightings per CMAM (cmam_style "ours"; 1: the paper\'s one)'
     )

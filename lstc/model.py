@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from lstc.backbones import SpatialEncoder, TemporalEncoder, aligned_slice
-from lstc.cmam import CMAM, LanguageUpdate, ReleaseCMAM, word_queries
+from lstc.cmam import CMAM, LanguageUpdate, ReleaseCMAM, SentenceContextUpdate, word_queries
 from lstc.config import GLOVE_TEXT, NUM_STAGES, ModelConfig
 from lstc.decoder import Decoder, ReleaseDecoder
 from lstc.glove import GloveGRUEncoder, GloveTokenizer
@@ -61,6 +61,8 @@ class VisualStream(nn.Module):
         cmam_heads: int = 1,
         style: str = "ours",
         dims: int = 2,
+        update_attends: str = "visual",
+        update_bound: str = "tanh",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -73,8 +75,12 @@ class VisualStream(nn.Module):
 
         self.cmams = nn.ModuleList(make(c) for c in chans) if cmam != "none" else None
         # the update after the last stage feeds the decoder's language
+        update = LanguageUpdate if update_attends == "visual" else SentenceContextUpdate
         self.updates = (
-            nn.ModuleList(LanguageUpdate(channels=c, lang_dim=lang_dim, heads=heads) for c in chans)
+            nn.ModuleList(
+                update(channels=c, lang_dim=lang_dim, heads=heads, bound=update_bound)
+                for c in chans
+            )
             if cmam == "cmam_plus"
             else None
         )
@@ -142,6 +148,8 @@ class LSTC(nn.Module):
                 cmam_heads=cfg.cmam_heads,
                 style=cfg.cmam_style,
                 dims=2,
+                update_attends=cfg.update_attends,
+                update_bound=cfg.update_bound,
             )
             if cfg.uses_spatial
             else None
@@ -160,6 +168,8 @@ class LSTC(nn.Module):
                 cmam_heads=cfg.cmam_heads,
                 style=cfg.cmam_style,
                 dims=3,
+                update_attends=cfg.update_attends,
+                update_bound=cfg.update_bound,
             )
             if cfg.uses_temporal
             else None

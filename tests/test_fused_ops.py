@@ -100,7 +100,8 @@ def ref_release_cmam(m: ReleaseCMAM, v: torch.Tensor, words: torch.Tensor):
 
 def ref_update(m: LanguageUpdate, ctx: torch.Tensor, words: torch.Tensor) -> torch.Tensor:
     """CMAM+: q_i = W_q LN(w_i), k_n = W_k U_n, v_n = W_v U_n (h heads),
-    c_i = sum_n softmax_n(q_i . k_n / sqrt(d_h)) v_n, w_i + W_o c_i."""
+    c_i = sum_n softmax_n(q_i . k_n / sqrt(d_h)) v_n, w_i + tanh(W_o c_i) (the default
+    update_bound; ``none`` drops the tanh)."""
     b, length, d = words.shape
     h = m.heads
     u = m._pool(ctx).flatten(2).transpose(1, 2)  # [B, N', C]
@@ -109,7 +110,7 @@ def ref_update(m: LanguageUpdate, ctx: torch.Tensor, words: torch.Tensor) -> tor
     q = m.q(m.norm(words)).view(b, length, h, d // h)
     att = torch.softmax(torch.einsum("blhe,bnhe->bhln", q, k) / math.sqrt(d // h), dim=-1)
     c = torch.einsum("bhln,bnhe->blhe", att, v).reshape(b, length, d)
-    return words + m.out(c)
+    return words + m._bound(m.out(c))
 
 
 def ref_lasp(m: LASP, deep: torch.Tensor, shallow: torch.Tensor, s: torch.Tensor):

@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from lstc.cmam import CMAM, LanguageUpdate
+from lstc.cmam import CMAM, LanguageUpdate, SentenceContextUpdate
 from lstc.config import LossConfig, ModelConfig
 from lstc.lasp import LASP
 from lstc.losses import SegmentationLoss
@@ -136,12 +136,62 @@ def test_cmam_modules_start_as_identity():
         assert sentence.shape == (2, 16) and context.shape == v.shape
         upd = LanguageUpdate(channels=12, lang_dim=16, heads=2, pool=4)(context, words, mask)
         torch.testing.assert_close(upd, words)
+        upd = SentenceContextUpdate(channels=12, lang_dim=16, heads=2)(context, words, mask)
+        torch.testing.assert_close(upd, words)
     deep, shallow = torch.randn(2, 8, 4, 4), torch.randn(2, 6, 8, 8)
     out, phi = LASP(deep_ch=8, shallow_ch=6, lang_dim=16, dim=8, prototypes=3)(
         deep, shallow, torch.randn(2, 16)
     )
     torch.testing.assert_close(out, shallow)
     assert phi.shape == (2, 1, 4, 4)
+
+
+def test_sentence_context_update_matches_its_equations_and_ignores_padding():
+    """``update_attends="words"``: w_i + tanh(W_o sum_j softmax_j((W_q x_i + g) . W_k x_j /
+    sqrt(d_h)) W_v x_j) over real words j, written out per sample, head and word with plain
+    loops; with ``update_bound="none"`` the same without the tanh."""
+    torch.manual_seed(1)
+    heads, d, c = 2, 8, 6
+    upd = SentenceContextUpdate(channels=c, lang_dim=d, heads=heads)
+    free = SentenceContextUpdate(channels=c, lang_dim=d, heads=heads, bound="none")
+    with torch.no_grad():
+        upd.out.weight.normal_()
+        upd.out.bias.normal_()
+    free.load_state_dict(upd.state_dict())
+    words = torch.randn(2, 4, d)
+    mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]], dtype=torch.bool)
+    context = torch.randn(2, c, 3, 5, 5)
+    got = upd(context, words, mask)
+    unbounded = free(context, words, mask)
+
+    dh = d // heads
+    w_q, w_k, w_v = upd.qkv.weight.split(d)
+    b_q, b_k, b_v = upd.qkv.bias.split(d)
+    expected, residual = torch.empty_like(words), torch.empty_like(words)
+    for b in range(2):
+        g = upd.visual.weight @ context[b].flatten(1).mean(-1) + upd.visual.bias
+        x = torch.nn.functional.layer_norm(words[b], (d,), upd.norm.weight, upd.norm.bias)
+        real = [j for j in range(4) if mask[b, j]]
+        for i in range(4):
+            ctx = []
+            for h in range(heads):
+                sl = slice(h * dh, (h + 1) * dh)
+                q = (w_q @ x[i] + b_q)[sl] + g[sl]
+                keys = [(w_k @ x[j] + b_k)[sl] for j in real]
+                vals = [(w_v @ x[j] + b_v)[sl] for j in real]
+                a = torch.softmax(torch.stack([q @ k / dh**0.5 for k in keys]), 0)
+                ctx.append(sum(aj * vj for aj, vj in zip(a, vals, strict=True)))
+            residual[b, i] = upd.out.weight @ torch.cat(ctx) + upd.out.bias
+            expected[b, i] = words[b, i] + torch.tanh(residual[b, i])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unbounded, words + residual, rtol=1e-5, atol=1e-5)
+    assert float(residual.abs().max()) > 1.5  # the bound really acts here
+    assert float((got - words).abs().max()) < 1.0
+
+    # padding words are never keys: changing them leaves the real words' update unchanged
+    other = words.clone()
+    other[0, 2:] = torch.randn(2, d) * 10
+    torch.testing.assert_close(upd(context, other, mask)[0, :2], got[0, :2])
 
 
 def test_full_model_at_init_equals_model_without_cmam_cmamplus_lasp():
