@@ -134,12 +134,22 @@ def run_variant(shards: str, variant: str, seed: int, extra: Sequence[str], uri:
     return dict(result.last_metrics)
 
 
+def _schema_defaults() -> list[tuple[str, str]]:
+    """Every recipe key with its default: a new key or a changed default (a model change
+    such as ``model.update_bound``) changes what the same recipe file trains."""
+    from pipelines.config import recipe_keys
+
+    return [(k.key, repr(k.default)) for k in recipe_keys()]
+
+
 def _key(extra: Sequence[str], shards: str, recipe: Path = RECIPE) -> str:
-    """Settings key of a study: the recipe file's text, the overrides and the shards."""
+    """Settings key of a study: the recipe file's text, the schema's defaults, the overrides
+    and the shards."""
     import hashlib
 
     text = recipe.read_text()
-    return hashlib.sha256(repr((text, sorted(extra), str(shards))).encode()).hexdigest()[:12]
+    settings = (text, _schema_defaults(), sorted(extra), str(shards))
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
 
 
 #: the paper's orderings: (claim, variant a, variant b, metric key, margin in points, whether

@@ -206,12 +206,14 @@ class LanguageUpdate(nn.Module):
     * ``U = AvgPool_{<= P x P per frame}(V')``, positions ``n = 1..N'``
     * ``q_i = W_q LN(w_i)``, ``k_n = W_k U_n``, ``v_n = W_v U_n``           (h heads)
     * ``c_i = sum_n softmax_n(q_i . k_n / sqrt(d_h)) v_n``
-    * ``w_i <- w_i + W_o c_i``   with ``W_o = 0`` at init (identity at the start)
+    * ``w_i <- w_i + tanh(W_o c_i)``   with ``W_o = 0`` at init (identity at the start)
 
     Padding words are updated too but are masked everywhere downstream (CMAM's softmax, the
     decoder's sentence mean) and never act as keys, so they cannot influence real words.
-    The refined words feed the next stage's CMAM of the same stream, and the last ones the
-    decoder. Pooling to at most ``P x P`` positions per frame keeps the cost small at
+    The refined words feed the next stage's update of the same stream, and the last ones the
+    decoder (with ``model.update_feeds="all"`` the next stage's CMAM reads them too). The
+    residual goes through ``tanh`` (``model.update_bound``): the text head's words lie in
+    ``(-1, 1)``, and an unbounded residual trained on refer-shapes grew them 80-150x. Pooling to at most ``P x P`` positions per frame keeps the cost small at
     shallow, high-resolution stages.
     """
 
@@ -265,7 +267,7 @@ class SentenceContextUpdate(nn.Module):
     * ``g = W_g mean_n V'_n``                          (the stage's global visual context)
     * ``x_i = LN(w_i)``; ``q_i = W_q x_i + g``, ``k_j = W_k x_j``, ``v_j = W_v x_j``  (h heads)
     * ``c_i = sum_j softmax_j(q_i . k_j / sqrt(d_h) | M_j) v_j``   (padding words never keys)
-    * ``w_i <- w_i + W_o c_i``   with ``W_o = 0`` at init (identity at the start)
+    * ``w_i <- w_i + tanh(W_o c_i)``   with ``W_o = 0`` at init (identity at the start)
 
     ``g`` adds ``g . k_j`` to every query's score of word ``j``: the stage decides which
     words the sentence context is made of (motion words after a 3D stage, say), while

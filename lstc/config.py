@@ -37,6 +37,7 @@ Streams = Literal["both", "spatial", "temporal"]
 CmamMode = Literal["none", "cmam", "cmam_plus"]
 UpdateAttends = Literal["visual", "words"]
 UpdateBound = Literal["tanh", "none"]
+UpdateFeeds = Literal["decoder", "all"]
 OnOff = Literal["on", "off"]
 Fusion = Literal["concat", "sum", "gated"]
 Style = Literal["ours", "release"]
@@ -341,6 +342,10 @@ class ModelConfig(FrozenConfig):
     update_bound: UpdateBound = Field(
         "tanh",
         description='"tanh": each CMAM+ residual stays in (-1, 1) per feature, the words\' range',
+    )
+    update_feeds: UpdateFeeds = Field(
+        "decoder",
+        description='CMAM+ updated words feed the "decoder" only, or "all": also the next CMAMs',
     )
     cmam_heads: int = Field(
         1, ge=1, description='word weightings per CMAM (cmam_style "ours"; 1: the paper\'s one)'

@@ -5,11 +5,12 @@ Data flow for a clip ``X [B, 3, T, H, W]`` in [0, 1] and an expression (input id
 * words ``W^0 = tanh(LN(W_t Enc(ids)))  [B, L, D]`` (CSTM's text head is LayerNorm + Tanh too)
 * spatial stream on the target frame ``X[:, :, target_index]``, temporal stream on the clip;
   per stream, for stages k = 1..5:
-  ``V_k = Stage_k(V_{k-1})``; ``V_k <- CMAM_k(V_k, W_k)`` (cmam != none);
-  ``W_{k+1} = Update_k(V'_k, W_k)`` with CMAM's context ``V'_k`` (cmam_plus; otherwise
-  ``W_{k+1} = W_k``)
+  ``V_k = Stage_k(V_{k-1})``; ``V_k <- CMAM_k(V_k, W^0)`` (cmam != none);
+  ``U_{k+1} = Update_k(V'_k, U_k)``, ``U_1 = W^0``, with CMAM's context ``V'_k`` (cmam_plus;
+  otherwise ``U_{k+1} = U_k``). ``update_feeds="all"`` lets ``CMAM_k`` read ``U_k`` instead of
+  ``W^0`` (trained so, the motion words never bound on refer-shapes: docs/MOTION.md §7)
 * the temporal stage outputs are cut to their target-aligned time slice
-* decoder language: ``W_dec`` = mean of the streams' last words; sentence
+* decoder language: ``W_dec`` = mean of the streams' last updated words ``U_6``; sentence
   ``s = masked_mean(W_dec)``
 * decoder (lstc/decoder.py): fusion per stage, LASP between stages, heads per level.
 
@@ -63,6 +64,7 @@ class VisualStream(nn.Module):
         dims: int = 2,
         update_attends: str = "visual",
         update_bound: str = "tanh",
+        update_feeds: str = "decoder",
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -84,6 +86,9 @@ class VisualStream(nn.Module):
             if cmam == "cmam_plus"
             else None
         )
+        # "decoder": every CMAM weighs the expression's own words, the update chain feeds the
+        # decoder; "all": each CMAM reads the words updated by the stages before it
+        self.cmams_read_updates = update_feeds == "all"
 
     def forward(
         self, x: torch.Tensor, words: torch.Tensor, mask: torch.Tensor | WordMask
@@ -91,22 +96,25 @@ class VisualStream(nn.Module):
         feats = []
         if not isinstance(mask, WordMask):
             mask = WordMask.of(mask, words.dtype)
-        # plain CMAM (ours) sees the same words at every stage: all word projections at once
+        # CMAMs (ours) that see the same words at every stage: all word projections at once
+        fixed_words = self.updates is None or not self.cmams_read_updates
         queries: list[torch.Tensor | None] = [None] * NUM_STAGES
-        if self.updates is None and self.cmams is not None and isinstance(self.cmams[0], CMAM):
+        if fixed_words and self.cmams is not None and isinstance(self.cmams[0], CMAM):
             queries = word_queries(self.cmams, words)
+        updated = words
         x = self.encoder.normalize(x)
         for k in range(NUM_STAGES):
             x = self.encoder.stages[k](x)
             if self.cmams is not None:
+                read = words if fixed_words else updated
                 if queries[k] is None:
-                    x, _, context = self.cmams[k](x, words, mask)
+                    x, _, context = self.cmams[k](x, read, mask)
                 else:
-                    x, _, context = self.cmams[k](x, words, mask, queries[k])
+                    x, _, context = self.cmams[k](x, read, mask, queries[k])
                 if self.updates is not None:
-                    words = self.updates[k](context, words, mask)
+                    updated = self.updates[k](context, updated, mask)
             feats.append(x)
-        return feats, words
+        return feats, updated
 
 
 class LSTC(nn.Module):
@@ -150,6 +158,7 @@ class LSTC(nn.Module):
                 dims=2,
                 update_attends=cfg.update_attends,
                 update_bound=cfg.update_bound,
+                update_feeds=cfg.update_feeds,
             )
             if cfg.uses_spatial
             else None
@@ -170,6 +179,7 @@ class LSTC(nn.Module):
                 dims=3,
                 update_attends=cfg.update_attends,
                 update_bound=cfg.update_bound,
+                update_feeds=cfg.update_feeds,
             )
             if cfg.uses_temporal
             else None

@@ -85,6 +85,21 @@ def test_the_settings_key_follows_the_recipe_text(tmp_path):
     assert ablation._key(["a=1"], "/s", recipe) != ablation._key(["a=2"], "/s", recipe)
 
 
+def test_the_settings_key_follows_the_schema_defaults(tmp_path, monkeypatch):
+    """The same recipe file trains something else when a default changes or a key is added
+    (a model change behind a new key): that is a new study too."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  lang_dim: 32\n")
+    before = ablation._key([], "/s", recipe)
+    defaults = ablation._schema_defaults()
+    assert ("model.update_bound", "'tanh'") in defaults
+    changed = [(k, "'none'" if k == "model.update_bound" else v) for k, v in defaults]
+    monkeypatch.setattr(ablation, "_schema_defaults", lambda: changed)
+    assert ablation._key([], "/s", recipe) != before
+    monkeypatch.setattr(ablation, "_schema_defaults", lambda: [*defaults, ("model.new", "1")])
+    assert ablation._key([], "/s", recipe) != before
+
+
 def test_claims_compare_seed_means_against_their_margins():
     def runs(*values: float, key: str) -> list[dict]:
         return [{key: v} for v in values]

@@ -139,20 +139,23 @@ def ref_lasp(m: LASP, deep: torch.Tensor, shallow: torch.Tensor, s: torch.Tensor
 
 
 def ref_stream(stream, x, words, mask):
-    feats = []
+    """CMAM_k reads the expression's words W^0 (``update_feeds="decoder"``) or the words U_k
+    the updates of the stages before it made (``"all"``); the update chain is returned."""
+    feats, updated = [], words
     x = stream.encoder.normalize(x)
     for k, stage in enumerate(stream.encoder.stages):
         x = stage(x)
         if stream.cmams is not None:
             cm = stream.cmams[k]
+            read = updated if stream.cmams_read_updates else words
             if isinstance(cm, ReleaseCMAM):
-                x, ctx = ref_release_cmam(cm, x, words)
+                x, ctx = ref_release_cmam(cm, x, read)
             else:
-                x, ctx = ref_cmam(cm, x, words, mask)
+                x, ctx = ref_cmam(cm, x, read, mask)
             if stream.updates is not None:
-                words = ref_update(stream.updates[k], ctx, words)
+                updated = ref_update(stream.updates[k], ctx, updated)
         feats.append(x)
-    return feats, words
+    return feats, updated
 
 
 def ref_forward(model: LSTC, clip, ids, attn):
@@ -209,6 +212,10 @@ def config(name: str) -> ModelConfig:
             text_pretrained=False,
             max_words=12,
         )
+    elif name == "tiny_feeds_all":  # CMAM+ words read by the next CMAMs too
+        cfg = ModelConfig.preset("tiny").replace(update_feeds="all")
+    elif name == "tiny_unbounded":
+        cfg = ModelConfig.preset("tiny").replace(update_bound="none", update_feeds="all")
     else:
         cfg = ModelConfig.preset(name)
     return cfg.without_pretrained().replace(input_size=(64, 64))
@@ -253,7 +260,17 @@ def close(got: torch.Tensor, want: torch.Tensor, tol: float, scale: float, what:
     assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol:g} x scale {scale:.3g}"
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny_lstc_cstm", "tiny_cstm_baseline", "paper_shaped"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny",
+        "tiny_feeds_all",
+        "tiny_unbounded",
+        "tiny_lstc_cstm",
+        "tiny_cstm_baseline",
+        "paper_shaped",
+    ],
+)
 def test_fused_modules_equal_the_reference_equations(name):
     for dtype, out_tol, grad_tol in ((torch.float64, 1e-11, 1e-11), (torch.float32, 2e-5, 5e-4)):
         model = model_of(name, dtype)

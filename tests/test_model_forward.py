@@ -206,6 +206,30 @@ def test_full_model_at_init_equals_model_without_cmam_cmamplus_lasp():
     torch.testing.assert_close(full, bare)
 
 
+@pytest.mark.parametrize("feeds", ["decoder", "all"])
+def test_cmam_plus_updates_feed_the_decoder_or_every_later_cmam(feeds):
+    """``update_feeds="decoder"``: every CMAM weighs the expression's own words, so the
+    streams' features equal those of the same weights without updates, and only the words
+    handed to the decoder change; ``"all"``: the later CMAMs read the updated words."""
+    model = make(tiny(update_feeds=feeds)).eval()
+    perturb_zero_inits(model)
+    clip, ids, attn = inputs(model)
+    with torch.no_grad():
+        words, mask = model.encode_text(ids, attn)
+        for stream, x in (
+            (model.spatial, clip[:, :, model.cfg.target_index]),
+            (model.temporal, clip),
+        ):
+            feats, updated = stream(x, words, mask)
+            updates, stream.updates = stream.updates, None
+            plain, same = stream(x, words, mask)
+            stream.updates = updates
+            assert same is words and not torch.allclose(updated, words)
+            torch.testing.assert_close(feats[0], plain[0])  # the first CMAM reads W^0 in both
+            deep_equal = all(torch.equal(a, b) for a, b in zip(feats, plain, strict=True))
+            assert deep_equal == (feeds == "decoder")
+
+
 def perturb_zero_inits(model: LSTC) -> None:
     """Give every all-zero parameter random values so the language really flows."""
     g = torch.Generator().manual_seed(5)
