@@ -14,8 +14,12 @@ lstc           the recipe as is (both streams, CMAM+, LASP)
 spatial_only   ``model.streams=spatial``
 temporal_only  ``model.streams=temporal``
 cmam           ``model.cmam=cmam`` (CMAM instead of CMAM+)
-lasp_off       ``model.lasp=off``
+lasp_off       ``model.lasp=off`` (the decoder then reads no language: with the default
+               ``update_feeds=decoder`` no CMAM+ update is read either, so this is CMAM
+               without LASP)
 cstm           ``model.preset=tiny_cstm`` (the CSTM release's architecture at tiny size)
+feeds_all      ``model.update_feeds=all`` (CMAM+ whose updated words the next CMAMs read too,
+               docs/MOTION.md section 7)
 ============== =============================================================================
 
 Usage (after ``lstc synth --scale demo`` and ``lstc prep ... --frames 4 --stride 3 --size 64
@@ -68,6 +72,7 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "cmam": ("model.cmam=cmam",),
     "lasp_off": ("model.lasp=off",),
     "cstm": ("model.preset=tiny_cstm",),
+    "feeds_all": ("model.update_feeds=all",),
 }
 KINDS = ("motion", "appearance", "fast")
 #: table columns: (header, metric key of the run's last validation)

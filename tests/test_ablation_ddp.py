@@ -17,10 +17,12 @@ while the others moved.
 
 Unused parameters, derived from lstc/model.py and lstc/decoder.py: the decoder reads the
 language only inside LASP, so with ``lasp=off`` the words that leave the encoders are unused.
-With ``cmam=cmam_plus`` that is the CMAM+ update after the last stage (``<stream>.updates.4``,
-its output feeds nothing); with ``cmam=none`` no module reads the words at all (``text.*``,
-``text_proj.*``); with ``cmam=cmam`` the words feed every CMAM, so nothing is unused. With
-``lasp=on`` everything is used.
+With ``cmam=cmam_plus`` and the default ``update_feeds=decoder`` the CMAM+ update chain feeds
+only the decoder, so every update is unused (``<stream>.updates.*``); with
+``update_feeds=all`` (the ``tiny_feeds_all`` rows) the CMAMs read the updated words and only
+the update after the last stage is unused (``<stream>.updates.4``); with ``cmam=none`` no
+module reads the words at all (``text.*``, ``text_proj.*``); with ``cmam=cmam`` the words feed
+every CMAM, so nothing is unused. With ``lasp=on`` everything is used.
 """
 
 from __future__ import annotations
@@ -36,27 +38,34 @@ CMAMS = ("none", "cmam", "cmam_plus")
 LASPS = ("on", "off")
 #: (preset, streams, cmam, lasp): every combination on the tiny preset, and the combinations
 #: with lasp off (where unused parameters arise) on the release-exact tiny_cstm preset
-COMBOS = [("tiny", *c) for c in itertools.product(STREAMS, CMAMS, LASPS)] + [
-    ("tiny_cstm", *c) for c in itertools.product(STREAMS, CMAMS, ("off",))
-]
+COMBOS = (
+    [("tiny", *c) for c in itertools.product(STREAMS, CMAMS, LASPS)]
+    + [("tiny_cstm", *c) for c in itertools.product(STREAMS, CMAMS, ("off",))]
+    + [("tiny_feeds_all", s, "cmam_plus", lasp) for s in STREAMS for lasp in LASPS]
+)
 STEPS = 2
 WORST = ("tiny", "both", "cmam_plus", "off")
 
 
-def expected_unused_prefixes(streams: str, cmam: str, lasp: str) -> set[str]:
+def expected_unused_prefixes(preset: str, streams: str, cmam: str, lasp: str) -> set[str]:
     """Module prefixes whose parameters get no gradient (see the module docstring)."""
     if lasp == "on" or cmam == "cmam":
         return set()
     if cmam == "none":
         return {"text.", "text_proj."}
     used = {"both": ("spatial", "temporal")}.get(streams, (streams,))
-    return {f"{s}.updates.4." for s in used}
+    last = "4." if preset == "tiny_feeds_all" else ""
+    return {f"{s}.updates.{last}" for s in used}
 
 
 def _tiny_cfg(preset: str, streams: str, cmam: str, lasp: str):
     from lstc.config import ModelConfig
 
-    return ModelConfig.preset(preset).replace(streams=streams, cmam=cmam, lasp=lasp)
+    if preset == "tiny_feeds_all":
+        base = ModelConfig.preset("tiny").replace(update_feeds="all")
+    else:
+        base = ModelConfig.preset(preset)
+    return base.replace(streams=streams, cmam=cmam, lasp=lasp)
 
 
 def _flat(tensors):
@@ -159,7 +168,7 @@ def test_every_ablation_trains_under_two_process_ddp(ddp_results, combo):
     key = "/".join(combo)
     r0, r1 = (r[key] for r in ddp_results)
     assert r0["unused"] == r1["unused"]
-    prefixes = expected_unused_prefixes(*combo[1:])
+    prefixes = expected_unused_prefixes(*combo)
     expected = [n for n in r0["trainable"] if any(n.startswith(p) for p in prefixes)]
     assert r0["unused"] == expected
     if prefixes:  # every expected module does hold parameters
@@ -172,13 +181,16 @@ def test_every_ablation_trains_under_two_process_ddp(ddp_results, combo):
 
 def test_unused_counts_of_the_tiny_preset(ddp_results):
     """Hand count of parameter tensors: a CMAM+ update holds 8 (LayerNorm 2 + the q, kv and
-    out Linear layers with bias 6), one update per stream; the tiny text encoder (2-layer
+    out Linear layers with bias 6), five updates per stream (one with ``update_feeds=all``:
+    the last); the tiny text encoder (2-layer
     BERT, no pooler) + projection hold 41 (embeddings: 3 tables + LayerNorm 2 = 5; per layer
     q/k/v/attention-output/intermediate/output Linear 12 + 2 LayerNorms 4 = 16, twice = 32;
     projection Linear 2 + LayerNorm 2 = 4)."""
     r = ddp_results[0]
-    assert len(r["tiny/both/cmam_plus/off"]["unused"]) == 16
-    assert len(r["tiny/spatial/cmam_plus/off"]["unused"]) == 8
+    assert len(r["tiny/both/cmam_plus/off"]["unused"]) == 80
+    assert len(r["tiny/spatial/cmam_plus/off"]["unused"]) == 40
+    assert len(r["tiny_feeds_all/both/cmam_plus/off"]["unused"]) == 16
+    assert len(r["tiny_feeds_all/spatial/cmam_plus/off"]["unused"]) == 8
     assert len(r["tiny/both/none/off"]["unused"]) == 41
 
 
@@ -233,8 +245,8 @@ def test_ray_train_two_workers_cmam_plus_without_lasp(
     seed_everything(recipe.train.seed)
     init = build_model(recipe.model).state_dict()
     final = load_model_state(result.last_checkpoint)
-    unused = [k for k in init if k.startswith(("spatial.updates.4.", "temporal.updates.4."))]
-    assert len(unused) == 16
+    unused = [k for k in init if k.startswith(("spatial.updates.", "temporal.updates."))]
+    assert len(unused) == 80  # update_feeds=decoder and no LASP: no update is read
     assert all(torch.equal(final[k], init[k]) for k in unused)
     moved = [k for k in init if k.startswith("decoder.") and init[k].is_floating_point()]
     assert any(not torch.equal(final[k], init[k]) for k in moved)
