@@ -194,7 +194,21 @@ def _update_bound(bound: str) -> nn.Module:
     raise ValueError(f"update bound {bound!r}: choose 'tanh' or 'none'")
 
 
-class LanguageUpdate(nn.Module):
+class _WordUpdate(nn.Module):
+    """What both CMAM+ updates share: ``h`` heads and the bounded residual
+    ``w + bound(W_o c)`` (subclasses create ``self.out``; their parameters keep their order)."""
+
+    def __init__(self, *, heads: int, bound: str) -> None:
+        super().__init__()
+        self.heads = heads
+        self._bound = _update_bound(bound)
+
+    def _residual(self, words: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """``words [B, L, D]`` plus the bounded ``W_o c`` of the heads' context ``[B, h, L, dh]``."""
+        return words + self._bound(self.out(ctx.transpose(1, 2).reshape(words.shape)))
+
+
+class LanguageUpdate(_WordUpdate):
     r"""CMAM+'s progressive language update for one stage of one stream (our design).
 
     The abstract says the language features are updated progressively, stage by stage and
@@ -213,17 +227,16 @@ class LanguageUpdate(nn.Module):
     The refined words feed the next stage's update of the same stream, and the last ones the
     decoder (with ``model.update_feeds="all"`` the next stage's CMAM reads them too). The
     residual goes through ``tanh`` (``model.update_bound``): the text head's words lie in
-    ``(-1, 1)``, and an unbounded residual trained on refer-shapes grew them 80-150x. Pooling to at most ``P x P`` positions per frame keeps the cost small at
-    shallow, high-resolution stages.
+    ``(-1, 1)``, and an unbounded residual trained on refer-shapes grew them 80-150x.
+    Pooling to at most ``P x P`` positions per frame keeps the cost small at shallow,
+    high-resolution stages.
     """
 
     def __init__(
         self, *, channels: int, lang_dim: int, heads: int, pool: int = 16, bound: str = "tanh"
     ) -> None:
-        super().__init__()
-        self.heads = heads
+        super().__init__(heads=heads, bound=bound)
         self.pool = pool
-        self._bound = _update_bound(bound)
         self.norm = nn.LayerNorm(lang_dim)
         self.q = nn.Linear(lang_dim, lang_dim)
         self.kv = nn.Conv1d(channels, 2 * lang_dim, 1)
@@ -253,10 +266,10 @@ class LanguageUpdate(nn.Module):
         k, v = kv.view(b, -1, 2, self.heads, dh).permute(2, 0, 3, 1, 4)  # [B, h, N', dh] each
         q = self.q(self.norm(words)).view(b, length, self.heads, dh).transpose(1, 2)
         ctx = F.scaled_dot_product_attention(q, k, v)  # [B, h, L, dh]
-        return words + self._bound(self.out(ctx.transpose(1, 2).reshape(b, length, d)))
+        return self._residual(words, ctx)
 
 
-class SentenceContextUpdate(nn.Module):
+class SentenceContextUpdate(_WordUpdate):
     r"""CMAM+'s progressive language update, words-to-words (``update_attends="words"``).
 
     The abstract's update *enriches the linguistic global context* stage by stage and per
@@ -275,9 +288,7 @@ class SentenceContextUpdate(nn.Module):
     """
 
     def __init__(self, *, channels: int, lang_dim: int, heads: int, bound: str = "tanh") -> None:
-        super().__init__()
-        self.heads = heads
-        self._bound = _update_bound(bound)
+        super().__init__(heads=heads, bound=bound)
         self.norm = nn.LayerNorm(lang_dim)
         self.visual = nn.Linear(channels, lang_dim)
         self.qkv = nn.Linear(lang_dim, 3 * lang_dim)
@@ -299,6 +310,6 @@ class SentenceContextUpdate(nn.Module):
         keep = None
         if mask is not None:
             valid = mask.valid if isinstance(mask, WordMask) else mask
-            keep = valid.bool()[:, None, None, :]  # [B, 1, 1, L]: True = a key
+            keep = valid[:, None, None, :].bool()  # [B, 1, 1, L]: True = a key
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, h, L, dh]
-        return words + self._bound(self.out(ctx.transpose(1, 2).reshape(b, length, d)))
+        return self._residual(words, ctx)

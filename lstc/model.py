@@ -76,7 +76,7 @@ class VisualStream(nn.Module):
             return CMAM(channels=c, lang_dim=lang_dim, heads=cmam_heads)
 
         self.cmams = nn.ModuleList(make(c) for c in chans) if cmam != "none" else None
-        # the update after the last stage feeds the decoder's language
+        # the last update's words are the decoder's language
         update = LanguageUpdate if update_attends == "visual" else SentenceContextUpdate
         self.updates = (
             nn.ModuleList(
@@ -142,6 +142,16 @@ class LSTC(nn.Module):
                 nn.Tanh(),
             )
         raw = cfg.input_norm == "none"
+        stream_args = {
+            "cmam": cfg.cmam,
+            "lang_dim": cfg.lang_dim,
+            "heads": cfg.update_heads,
+            "cmam_heads": cfg.cmam_heads,
+            "style": cfg.cmam_style,
+            "update_attends": cfg.update_attends,
+            "update_bound": cfg.update_bound,
+            "update_feeds": cfg.update_feeds,
+        }
         self.spatial = (
             VisualStream(
                 encoder=SpatialEncoder(
@@ -150,15 +160,8 @@ class LSTC(nn.Module):
                     tiny_width=cfg.tiny_width,
                     normalize=not raw,
                 ),
-                cmam=cfg.cmam,
-                lang_dim=cfg.lang_dim,
-                heads=cfg.update_heads,
-                cmam_heads=cfg.cmam_heads,
-                style=cfg.cmam_style,
                 dims=2,
-                update_attends=cfg.update_attends,
-                update_bound=cfg.update_bound,
-                update_feeds=cfg.update_feeds,
+                **stream_args,
             )
             if cfg.uses_spatial
             else None
@@ -171,15 +174,8 @@ class LSTC(nn.Module):
                     tiny_width=cfg.tiny_width,
                     normalize=not raw,
                 ),
-                cmam=cfg.cmam,
-                lang_dim=cfg.lang_dim,
-                heads=cfg.update_heads,
-                cmam_heads=cfg.cmam_heads,
-                style=cfg.cmam_style,
                 dims=3,
-                update_attends=cfg.update_attends,
-                update_bound=cfg.update_bound,
-                update_feeds=cfg.update_feeds,
+                **stream_args,
             )
             if cfg.uses_temporal
             else None
