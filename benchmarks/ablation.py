@@ -30,9 +30,15 @@ Usage (after ``lstc synth --scale demo`` and ``lstc prep ... --frames 4 --stride
     python benchmarks/ablation.py --jobs 2 --seeds 0 1 2 -- train.num_workers=1
     python benchmarks/ablation.py --table-only train.num_workers=1
 
-Finished (variant, seed) runs are found in the MLflow experiment by their tags (variant, seed,
-and a key of the recipe file's text, the overrides and the shards) and not run again, so an
-interrupted study resumes where it stopped, and a changed recipe is trained afresh.
+Finished (variant, seed) runs are not run again, so an interrupted study resumes where it
+stopped, and a changed recipe is trained afresh. A run is identified by its variant, its seed
+and a settings key: a hash of the recipe file's text, the schema's defaults, the overrides and
+the shards' content (their manifest's checksums, not their path). Each finished run is
+recorded, with its validation metrics, run id and commit, as one line of the ledger
+``docs/ablation_runs.jsonl``, which is committed next to the table: the table is computed from
+the ledger, and a study begun in one checkout or machine is continued in another (with the same
+shards, rebuilt by the same commands) without retraining what the ledger holds. Runs the MLflow
+store has and the ledger lacks are added to it.
 
 ``--jobs N`` trains N (variant, seed) runs at once, each in a subprocess of this script with
 its own local Ray instance (on 2 cores: ``--jobs 2 train.num_workers=1`` keeps both cores
@@ -47,6 +53,7 @@ appearance-only ones, LSTC >= the CSTM anchor overall.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -107,7 +114,8 @@ def table(results: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _finished(client: Any, exp_id: str, variant: str, seed: int, key: str) -> dict | None:
+def _finished_run(client: Any, exp_id: str, variant: str, seed: int, key: str) -> Any | None:
+    """The FINISHED MLflow run of (variant, seed) under these settings, or None."""
     runs = client.search_runs(
         [exp_id],
         filter_string=(
@@ -116,7 +124,89 @@ def _finished(client: Any, exp_id: str, variant: str, seed: int, key: str) -> di
         ),
         max_results=1,
     )
-    return dict(runs[0].data.metrics) if runs else None
+    return runs[0] if runs else None
+
+
+def _finished(client: Any, exp_id: str, variant: str, seed: int, key: str) -> dict | None:
+    """The metrics of :func:`_finished_run`, or None."""
+    run = _finished_run(client, exp_id, variant, seed, key)
+    return dict(run.data.metrics) if run else None
+
+
+# --- the ledger: the study's finished runs, committed next to the table -----------------------
+#
+# The MLflow store (``outputs/ablation.db``) is the full record of each run but stays on the
+# machine that trained it. The ledger keeps, per finished (variant, seed, settings key), the
+# run's last validation metrics and provenance as one JSON line; it is committed with
+# ``docs/ablation.md``, so a study started on one machine (or in one checkout) is finished on
+# another without retraining what is done, and the table is always computed from the ledger.
+
+LEDGER = REPO / "docs" / "ablation_runs.jsonl"
+_LEDGER_FIELDS = ("variant", "seed", "key", "metrics")
+
+
+def read_ledger(path: Path) -> list[dict]:
+    """The ledger's rows (none when the file does not exist). A line that is not a JSON object
+    with the ledger's fields stops the script with its file and line number."""
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            row, problem = None, f"is not JSON ({exc.msg})"
+        else:
+            problem = "lacks one of the fields " + ", ".join(_LEDGER_FIELDS)
+        if not isinstance(row, dict) or not set(_LEDGER_FIELDS) <= row.keys():
+            raise SystemExit(
+                f"{path}:{n} {problem}: fix or delete that line (a deleted run is trained "
+                "again, or taken back from the MLflow store if it is there)"
+            )
+        rows.append(row)
+    return rows
+
+
+def ledger_metrics(rows: Sequence[Mapping], variant: str, seed: int, key: str) -> dict | None:
+    """The metrics the ledger holds for (variant, seed) under these settings, or None."""
+    for row in rows:
+        if row["variant"] == variant and row["seed"] == seed and row["key"] == key:
+            return dict(row["metrics"])
+    return None
+
+
+def ledger_row(
+    run: Any, variant: str, seed: int, key: str, data: str, extra: Sequence[str]
+) -> dict:
+    """One ledger line for a finished MLflow run: its validation metrics and where it came
+    from (run id and name, end time, the commit and whether the checkout was dirty)."""
+    tags = run.data.tags
+    end = run.info.end_time or run.info.start_time
+    return {
+        "variant": variant,
+        "seed": seed,
+        "key": key,
+        "data": data,
+        "overrides": [*VARIANTS.get(variant, ()), *extra],
+        "metrics": {k: v for k, v in sorted(run.data.metrics.items()) if k.startswith("val/")},
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "end_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(end / 1000.0)),
+        "commit": tags.get("git.commit", ""),
+        "dirty": tags.get("git.dirty", ""),
+    }
+
+
+def append_ledger(path: Path, row: Mapping) -> None:
+    """Append one row (one line, flushed and synced: a killed script loses at most the run
+    it was recording, which the next call takes back from the MLflow store)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def run_variant(shards: str, variant: str, seed: int, extra: Sequence[str], uri: str) -> dict:
@@ -134,7 +224,7 @@ def run_variant(shards: str, variant: str, seed: int, extra: Sequence[str], uri:
     ]
     recipe = load_recipe(RECIPE, overrides)
     tags = {"ablation_variant": variant, "ablation_seed": str(seed)}
-    tags["ablation_key"] = _key(extra, shards)
+    tags["ablation_key"] = _key(extra, shards_id(shards))
     result = train(recipe, register=False, new_run=True, tags=tags)
     return dict(result.last_metrics)
 
@@ -147,13 +237,35 @@ def _schema_defaults() -> list[tuple[str, str]]:
     return [(k.key, repr(k.default)) for k in recipe_keys()]
 
 
-def _key(extra: Sequence[str], shards: str, recipe: Path = RECIPE) -> str:
+def shards_id(shards: str) -> str:
+    """What the shards hold, not where they are: a hash of their manifest's byte config and
+    every shard's path and sha256 (``lstc prep`` writes the same bytes from the same inputs
+    and config, so the same benchmark prepared on another machine or folder has the same id).
+    Without a readable manifest (``--table-only`` on a machine without the shards), the path
+    itself (a table of such a key finds no ledger rows made from real shards)."""
+    import hashlib
+
+    from data_prep.shards import ShardError, load_manifest
+
+    try:
+        manifest = load_manifest(shards)
+    except ShardError:
+        return str(shards)
+    content = {
+        "config_hash": manifest.get("config_hash"),
+        "shards": sorted((s["path"], s["sha256"]) for s in manifest["shards"]),
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return "shards:" + digest[:16]
+
+
+def _key(extra: Sequence[str], data: str, recipe: Path = RECIPE) -> str:
     """Settings key of a study: the recipe file's text, the schema's defaults, the overrides
-    and the shards."""
+    and the data (:func:`shards_id`)."""
     import hashlib
 
     text = recipe.read_text()
-    settings = (text, _schema_defaults(), sorted(extra), str(shards))
+    settings = (text, _schema_defaults(), sorted(extra), str(data))
     return hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
 
 
@@ -199,7 +311,15 @@ def claims(results: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: Path, body: str, command: str) -> None:
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def write_doc(path: Path, body: str, command: str, *, key: str, data: str, ledger: Path) -> None:
     import torch
 
     machine = (
@@ -216,7 +336,10 @@ def write_doc(path: Path, body: str, command: str) -> None:
         "`appearance`: only colour/shape; `fast`: fast-moving objects).\n\n"
         f"{body}\n\n"
         f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
-        f"Command: `{command}`\n"
+        f"Command: `{command}`\n\n"
+        f"Settings key: {key} (recipe text, schema defaults, overrides and the shards' content "
+        f"{data}). The runs behind the table, with their run ids, commits and every "
+        f"validation metric, are the rows of this key in {_shown(ledger)}.\n"
     )
 
 
@@ -240,6 +363,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=f"sqlite:///{REPO / 'outputs' / 'ablation.db'}")
     p.add_argument("--out", default=str(REPO / "docs" / "ablation.md"))
     p.add_argument(
+        "--ledger", default=str(LEDGER),
+        help="JSON-lines record of the finished runs, committed with the table (default "
+        "docs/ablation_runs.jsonl); the table is computed from it",
+    )  # fmt: skip
+    p.add_argument(
         "--jobs", type=int, default=1,
         help="(variant, seed) runs trained at once, each in a subprocess with its own local "
         "Ray instance (default 1: one after another in this process)",
@@ -261,10 +389,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     client = MlflowClient(tracking_uri=args.tracking_uri)
     exp = client.get_experiment_by_name(EXPERIMENT)
     exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT)
-    key = _key(args.overrides, args.shards)
+    data = shards_id(args.shards)
+    key = _key(args.overrides, data)
+    ledger = Path(args.ledger)
+    # a --no-table child only trains: its parent owns the ledger (one writer)
+    rows = [] if args.no_table else read_ledger(ledger)
+
+    def done(variant: str, seed: int) -> dict | None:
+        """The finished run's metrics: from the ledger, else from the MLflow store (and then
+        recorded in the ledger)."""
+        got = ledger_metrics(rows, variant, seed, key)
+        if got is not None:
+            return got
+        run = _finished_run(client, exp_id, variant, seed, key)
+        if run is None:
+            return None
+        if args.no_table:
+            return dict(run.data.metrics)
+        row = ledger_row(run, variant, seed, key, data, args.overrides)
+        append_ledger(ledger, row)
+        rows.append(row)
+        return row["metrics"]
+
     # seed-major: an interrupted study has every variant at its first seeds
     pairs = [(v, s) for s in args.seeds for v in args.variants]
-    pending = [(v, s) for v, s in pairs if _finished(client, exp_id, v, s, key) is None]
+    pending = [(v, s) for v, s in pairs if done(v, s) is None]
     print(f"{len(pairs) - len(pending)} of {len(pairs)} runs finished already", flush=True)
     failed: list[tuple[str, int]] = []
     if pending and not args.table_only:
@@ -272,6 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for n, (variant, seed) in enumerate(pending, 1):
                 print(f"== [{n}/{len(pending)}] {variant} seed {seed}", flush=True)
                 run_variant(args.shards, variant, seed, args.overrides, args.tracking_uri)
+                done(variant, seed)
         else:
             log_dir = REPO / "outputs" / "ablation_logs"
             log_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         failed.append((variant, seed))
                     state = f"FAILED (exit {rc}; {variant}-s{seed}.log)"
                     if rc == 0:
-                        got = _finished(client, exp_id, variant, seed, key) or {}
+                        got = done(variant, seed) or {}
                         state = "done: " + ", ".join(
                             f"{h} {100.0 * got[k]:.1f}" for h, k in COLUMNS if k in got
                         )
@@ -297,19 +447,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = []
     for variant in args.variants:
         for seed in args.seeds:
-            done = _finished(client, exp_id, variant, seed, key)
-            if done is None:
+            got = done(variant, seed)
+            if got is None:
                 missing.append(f"({variant}, seed {seed})")
             else:
-                results.setdefault(variant, []).append(done)
+                results.setdefault(variant, []).append(got)
     body = table(results) + "\n\nThe paper's orderings (seed means):\n\n" + claims(results)
     if missing:
-        body += "\n\nNot finished yet (rerun the command to train them): " + ", ".join(missing)
+        how = "without --table-only " if args.table_only else ""
+        body += f"\n\nNot finished yet (rerun the command {how}to train them): " + ", ".join(
+            missing
+        )
     print(body)
     command = " ".join(
         ["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]
     )
-    write_doc(Path(args.out), body, command)
+    write_doc(Path(args.out), body, command, key=key, data=data, ledger=ledger)
     print(f"table written to {args.out}")
     return 1 if failed else 0
 

@@ -3,6 +3,10 @@ real MLflow SQLite store."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -143,13 +147,105 @@ def test_table_only_writes_the_finished_runs_and_names_the_missing(tmp_path):
         )
         client.log_metric(r.info.run_id, "val/motion/mean_iou", value)
         client.set_terminated(r.info.run_id, "FINISHED")
-    out = tmp_path / "ablation.md"
-    argv = ["--table-only", "--shards", "/shards", "--tracking-uri", uri, "--out", str(out)]
+    out, ledger = tmp_path / "ablation.md", tmp_path / "runs.jsonl"
+    argv = ["--table-only", "--shards", "/shards", "--out", str(out), "--ledger", str(ledger)]
     argv += ["--variants", "lstc", "spatial_only", "--seeds", "0", "1", "--", "train.num_workers=1"]
-    assert ablation.main(argv) == 0
+    assert ablation.main(["--tracking-uri", uri, *argv]) == 0
     doc = out.read_text()
     assert "| lstc | 2 | – | – | – | 70.0 ± 14.1 | – | – |" in doc
     assert "| spatial_only | 1 | – | – | – | 50.0 ± 0.0 | – | – |" in doc
     assert "by >= 10 points: +20.0 points (lstc 2 seeds, spatial_only 1 seeds): holds" in doc
-    assert "Not finished yet (rerun the command to train them): (spatial_only, seed 1)" in doc
+    assert "(rerun the command without --table-only to train them): (spatial_only, seed 1)" in doc
     assert "train.num_workers=1" in doc.split("Command:")[1]
+    assert f"Settings key: {key} " in doc
+
+    # the three finished runs went to the ledger (seed-major), with their provenance
+    rows = ablation.read_ledger(ledger)
+    assert [(r["variant"], r["seed"], r["key"]) for r in rows] == [
+        ("lstc", 0, key),
+        ("spatial_only", 0, key),
+        ("lstc", 1, key),
+    ]
+    assert rows[0]["metrics"] == {"val/motion/mean_iou": 0.8}
+    assert rows[1]["overrides"] == ["model.streams=spatial", "train.num_workers=1"]
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in client.search_runs([exp])}
+
+    # another machine: an empty MLflow store and the committed ledger give the same table,
+    # and nothing is recorded twice
+    out.unlink()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    assert ablation.main(["--tracking-uri", other, *argv]) == 0
+    assert out.read_text().split("Machine:")[0] == doc.split("Machine:")[0]
+    assert ablation.read_ledger(ledger) == rows
+
+
+def test_a_broken_ledger_line_is_named_with_the_fix(tmp_path):
+    ledger = tmp_path / "runs.jsonl"
+    good = {"variant": "lstc", "seed": 0, "key": "k", "metrics": {"val/mean_iou": 0.5}}
+    ledger.write_text(json.dumps(good) + "\n\n" + '{"variant": "lstc", "seed": 1\n')
+    with pytest.raises(SystemExit, match=r"runs.jsonl:3 is not JSON .*fix or delete that line"):
+        ablation.read_ledger(ledger)
+    ledger.write_text(json.dumps(good) + "\n" + json.dumps({"variant": "lstc"}) + "\n")
+    with pytest.raises(SystemExit, match=r"runs.jsonl:2 lacks one of the fields variant, seed"):
+        ablation.read_ledger(ledger)
+    ledger.write_text(json.dumps(good) + "\n")
+    assert ablation.ledger_metrics(ablation.read_ledger(ledger), "lstc", 0, "k") == {
+        "val/mean_iou": 0.5
+    }
+    assert ablation.ledger_metrics(ablation.read_ledger(ledger), "lstc", 0, "other") is None
+    assert ablation.read_ledger(tmp_path / "absent.jsonl") == []
+
+
+def test_the_shards_id_follows_their_content_not_their_folder(tmp_path):
+    from data_prep.schema import SCHEMA_VERSION
+
+    def shards(folder: str, sha: str) -> str:
+        root = tmp_path / folder
+        root.mkdir()
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "config_hash": "c1",
+            "shards": [
+                {"path": "train/0.parquet", "split": "train", "sha256": sha},
+                {"path": "test/0.parquet", "split": "test", "sha256": "t0"},
+            ],
+        }
+        (root / "manifest.json").write_text(json.dumps(manifest))
+        return str(root)
+
+    a, b, c = shards("a", "s0"), shards("b", "s0"), shards("c", "s1")
+    assert ablation.shards_id(a) == ablation.shards_id(b)  # same bytes, other folder
+    assert ablation.shards_id(a).startswith("shards:")
+    assert ablation.shards_id(a) != ablation.shards_id(c)  # one shard differs
+    assert ablation.shards_id(str(tmp_path / "none")) == str(tmp_path / "none")
+
+
+def test_the_committed_table_is_what_the_committed_ledger_gives():
+    """docs/ablation.md's rows and orderings are recomputed from docs/ablation_runs.jsonl (the
+    rows of the settings key the document names, for the seeds of its command)."""
+    doc = (ablation.REPO / "docs" / "ablation.md").read_text()
+    key = re.search(r"^Settings key: (\w+) ", doc, re.M)
+    assert key, "docs/ablation.md names no settings key: rerun benchmarks/ablation.py"
+    command = re.search(r"^Command: `python benchmarks/ablation.py (.*)`$", doc, re.M).group(1)
+    words = shlex.split(command)
+    seeds = [0, 1, 2]
+    if "--seeds" in words:
+        after = words[words.index("--seeds") + 1 :]
+        seeds = [int(w) for w in itertools.takewhile(str.isdigit, after)]
+    rows = [
+        r
+        for r in ablation.read_ledger(ablation.LEDGER)
+        if r["key"] == key.group(1) and r["seed"] in seeds
+    ]
+    variants = re.findall(r"^\| (\w+) \| \d+ \|", doc, re.M)
+    assert variants
+    results = {}
+    for variant in variants:
+        got = [
+            r["metrics"] for r in sorted(rows, key=lambda r: r["seed"]) if r["variant"] == variant
+        ]
+        results[variant] = got
+    for line in ablation.table(results).splitlines()[2:]:
+        assert line in doc
+    for line in ablation.claims(results).splitlines():
+        assert line in doc
