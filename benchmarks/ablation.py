@@ -196,6 +196,7 @@ def ledger_row(
         "end_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(end / 1000.0)),
         "commit": tags.get("git.commit", ""),
         "dirty": tags.get("git.dirty", ""),
+        "cpu": cpu_model(),
     }
 
 
@@ -311,6 +312,18 @@ def claims(results: Mapping[str, Sequence[Mapping[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture: the same seed can train
+    to other figures on another CPU (floating-point kernels differ), so runs say where they ran."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _shown(path: Path) -> str:
     """``path`` relative to the repository when inside it."""
     try:
@@ -323,7 +336,7 @@ def write_doc(path: Path, body: str, command: str, *, key: str, data: str, ledge
     import torch
 
     machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{cpu_model()}, {os.cpu_count()} cores, "
         f"{torch.get_num_threads()} torch threads in the driver, {platform.platform()}, "
         f"torch {torch.__version__}"
     )
