@@ -272,13 +272,19 @@ def close(got: torch.Tensor, want: torch.Tensor, tol: float, scale: float, what:
     ],
 )
 def test_fused_modules_equal_the_reference_equations(name):
-    for dtype, out_tol, grad_tol in ((torch.float64, 1e-11, 1e-11), (torch.float32, 2e-5, 5e-4)):
+    # float64 is the exactness check, outputs and every gradient. float32 checks the outputs
+    # only: its gradients round differently in the two orders of summation, and train-mode
+    # normalisation amplifies that by an amount that depends on the CPU's kernels (on an AMD
+    # EPYC, 1.2e-2 of a temporal-encoder bias gradient's scale in "tiny"; 5e-4 held elsewhere).
+    for dtype, out_tol, grad_tol in ((torch.float64, 1e-11, 1e-11), (torch.float32, 2e-5, None)):
         model = model_of(name, dtype)
         outs, grads = run(model, dtype, fused)
         ref_outs, ref_grads = run(model, dtype, ref_forward)
         assert len(outs) == len(ref_outs)
         for i, (o, r) in enumerate(zip(outs, ref_outs)):
             close(o, r, out_tol, r.abs().max().item(), f"{name} {dtype} output {i}")
+        if grad_tol is None:
+            continue
         assert grads.keys() == ref_grads.keys()
         assert all(k in grads for k, _ in model.named_parameters())  # every parameter used
         # per parameter: against its own scale, floored at 1e-3 of the largest gradient (some
