@@ -2,9 +2,10 @@
 
     python benchmarks/sweep_efficiency.py [--trials 12] [--epochs 4] [--seeds 0 1] \
         [--parallel 2] [--videos 48] [--pruner successive_halving] [--reduction-factor 2] \
-        [--min-resource 1] [--sampler tpe] [--override KEY=VALUE]
+        [--min-resource 1] [--sampler tpe] [--override KEY=VALUE] [--workdir DIR] [--json F]
     python benchmarks/sweep_efficiency.py --replay sqlite:///.../optuna.db --pruner median \
         --warmup 1 --startup 1
+    python benchmarks/sweep_efficiency.py --replay DIR/results.jsonl --pruner median --warmup 2
 
 For each sampler seed, runs ``configs/sweeps/refer_shapes_tiny.yaml`` (TPE over lr, weight
 decay, pos_weight, LASP; 1 CPU worker per trial) twice on the same tiny synthetic shards with
@@ -21,8 +22,17 @@ sweeps of a seed start from the same sampler seed, so they differ only by what p
 * the ratio pruned/unpruned of trial-epochs (target <= 0.6), per seed and over all seeds;
 * whether the pruned sweep's best is equal or better, per seed and for the mean over seeds.
 
-Each sweep is its own study (SQLite under a temp folder) and MLflow store; nothing is
-registered in a store of yours. Everything is local, offline and CPU only.
+Each sweep is its own study (SQLite) and MLflow store, under a temp folder or ``--workdir``;
+nothing is registered in a store of yours. Everything is local, offline and CPU only.
+
+``--workdir DIR`` keeps the shards, the studies and ``DIR/results.jsonl`` (a row per finished
+sweep, with every trial's params, state and per-epoch values). Rerunning the same command
+skips the finished sweeps and continues an interrupted one: Optuna keeps its finished trials
+and fails and retries the ones that were running (their epochs before the interruption are
+not counted; ``wall_s`` is that of the last invocation). ``--seeds`` may differ between
+reruns, so one seed can run per sitting; other settings are refused for that folder.
+``--replay`` reads the curves back from such a file (or ``--json`` output) as well as from a
+study's storage, so a committed figures file is enough to try other pruning rules.
 
 Measured on 2026-12-01, 2 shared cores (recipe of commit cb8d014: random-init 3D encoder,
 trained text encoder).
@@ -138,27 +148,82 @@ def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Nam
         "best": (result.best or {}).get("value"),
         "counts": result.counts,
         "wall_s": time.perf_counter() - t0,
+        "trials": study_curves(result.storage, result.study_name),
     }
 
 
-def replay(storage: str, settings: dict, epochs: int) -> dict:
-    """Replay a pruner on the learning curves of a finished *unpruned* study (same trials in
+def study_curves(storage: str, study_name: str) -> list[dict]:
+    """Every trial of a study as plain data: number, state, params and the per-epoch values
+    it reported (what ``--replay`` needs, kept in the figures so they outlive the study)."""
+    import optuna
+
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return [
+        {
+            "number": t.number,
+            "state": t.state.name,
+            "params": t.params,
+            "values": [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
+        }
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def recorded_curves(source: str) -> list[tuple[str, list[list[float]]]]:
+    """The learning curves of the COMPLETE trials of finished *unpruned* sweeps, in trial
+    order: from an Optuna storage URL, or from a figures file of this script (``--json``
+    output, or a work folder's ``results.jsonl``: one curve set per unpruned row)."""
+    path = Path(source)
+    if path.is_file():
+        text = path.read_text()
+        if path.suffix == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = json.loads(text)["rows"]
+        out = []
+        for row in rows:
+            if row["pruner"] != "none":
+                continue
+            if "trials" not in row:
+                raise SystemExit(
+                    f"{source}: the unpruned seed-{row['seed']} row has no per-trial curves "
+                    "(figures written before they were recorded); replay its study's storage "
+                    "URL instead"
+                )
+            done = sorted(
+                (t for t in row["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["number"]
+            )
+            out.append((f"{source} (seed {row['seed']})", [t["values"] for t in done]))
+        if not out:
+            raise SystemExit(f"{source}: no unpruned sweep in these figures")
+        return out
+    import optuna
+
+    summaries = optuna.get_all_study_summaries(source)
+    recorded = optuna.load_study(study_name=summaries[0].study_name, storage=source)
+    done = [t for t in recorded.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    curves = [
+        [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+        for t in sorted(done, key=lambda t: t.number)
+    ]
+    return [(source, curves)]
+
+
+def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
+    """Replay a pruner on the learning curves of a finished *unpruned* sweep (same trials in
     the same order, each epoch's value reported as it was recorded): the trial-epochs it would
     have spent and the best value it would have kept. Approximate: in a real pruned sweep TPE
-    sees the pruned trials and samples other parameters afterwards."""
+    sees the pruned trials and samples other parameters afterwards. The study is maximised
+    (the spec's objective, val mean IoU)."""
     import optuna
 
     from tuning.pruning import build_pruner
     from tuning.spec import PrunerSpec
 
-    summaries = optuna.get_all_study_summaries(storage)
-    recorded = optuna.load_study(study_name=summaries[0].study_name, storage=storage)
     pruner = build_pruner(PrunerSpec(**settings), epochs=epochs)
-    sim = optuna.create_study(direction=recorded.direction, pruner=pruner)
+    sim = optuna.create_study(direction="maximize", pruner=pruner)
     spent, best = 0, None
-    done = [t for t in recorded.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    for t in sorted(done, key=lambda t: t.number):
-        curve = [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
+    for curve in curves:
         trial = sim.ask()
         kept = None
         for epoch, value in enumerate(curve, start=1):
@@ -171,8 +236,49 @@ def replay(storage: str, settings: dict, epochs: int) -> dict:
         else:
             sim.tell(trial, kept)
         best = kept if best is None else max(best, kept)
-    full = sum(len(t.intermediate_values) for t in done)
+    full = sum(len(c) for c in curves)
     return {"trial_epochs": spent, "of": full, "ratio": spent / full, "best": best}
+
+
+def settings_of(args: argparse.Namespace) -> dict:
+    """What makes two runs of this script the same study (the work folder keeps it)."""
+    keys = ("trials", "epochs", "parallel", "startup", "videos", "pruner", "sampler")
+    out = {k: getattr(args, k) for k in keys}
+    out["pruner_settings"] = pruner_settings(args.pruner, args)
+    out["override"] = list(args.override)
+    out["shards"] = args.shards
+    return out
+
+
+def open_workdir(args: argparse.Namespace) -> tuple[Path, list[dict]]:
+    """The work folder and the sweeps already finished in it. ``--workdir`` keeps the shards,
+    every study and ``results.jsonl`` (one row per finished sweep), so a rerun of the same
+    command skips the finished sweeps and continues an interrupted one (Optuna keeps its
+    finished trials; the trials that were running are failed and retried). Another command's
+    folder is refused rather than mixed."""
+    if args.workdir is None:
+        return Path(tempfile.mkdtemp(prefix="lstc-sweep-bench-")), []
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = settings_of(args)
+    saved = work / "settings.json"
+    if saved.exists():
+        before = json.loads(saved.read_text())
+        if before != settings:
+            changed = sorted(
+                k for k in set(before) | set(settings) if before.get(k) != settings.get(k)
+            )
+            raise SystemExit(
+                f"{work}: this work folder holds a study with other settings ({', '.join(changed)}"
+                f" differ); rerun with the same arguments, or pass another --workdir"
+            )
+    else:
+        saved.write_text(json.dumps(settings, indent=2) + "\n")
+    results = work / "results.jsonl"
+    rows = []
+    if results.exists():
+        rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return work, rows
 
 
 def main() -> int:
@@ -195,6 +301,12 @@ def main() -> int:
     ap.add_argument("--shards", default=None, help="tiny shard root (default: build one)")
     ap.add_argument("--json", default=None, help="write the figures to this file")
     ap.add_argument(
+        "--workdir",
+        default=None,
+        help="keep shards, studies and finished sweeps here; rerunning the same command "
+        "skips finished sweeps and continues an interrupted one (default: a temp folder)",
+    )
+    ap.add_argument(
         "--override",
         action="append",
         default=[],
@@ -204,18 +316,20 @@ def main() -> int:
     ap.add_argument(
         "--replay",
         nargs="+",
-        metavar="STORAGE",
+        metavar="SOURCE",
         default=None,
-        help="no training: replay the pruner on these finished unpruned studies' curves",
+        help="no training: replay the pruner on the curves of finished unpruned sweeps "
+        "(Optuna storage URLs, or figures files: --json output or a work folder's results.jsonl)",
     )
     args = ap.parse_args()
     if args.replay:
-        for storage in args.replay:
-            r = replay(storage, pruner_settings(args.pruner, args), args.epochs)
-            print(
-                f"{storage}: {args.pruner} would spend {r['trial_epochs']}/{r['of']} "
-                f"trial-epochs ({r['ratio']:.2f}x), best {100 * r['best']:.2f}"
-            )
+        for source in args.replay:
+            for label, curves in recorded_curves(source):
+                r = replay(curves, pruner_settings(args.pruner, args), args.epochs)
+                print(
+                    f"{label}: {args.pruner} would spend {r['trial_epochs']}/{r['of']} "
+                    f"trial-epochs ({r['ratio']:.2f}x), best {100 * r['best']:.2f}"
+                )
         return 0
 
     for key, value in {
@@ -232,19 +346,34 @@ def main() -> int:
 
     from pipelines.ray_setup import runtime_env
 
-    work = Path(tempfile.mkdtemp(prefix="lstc-sweep-bench-"))
+    work, finished = open_workdir(args)
     ray.init(
         num_cpus=max(4, 2 * args.parallel),
         object_store_memory=512 * 1024**2,
         include_dashboard=False,
         runtime_env=runtime_env(local=True),
     )
-    shards = Path(args.shards) if args.shards else make_shards(work, args.videos)
+    if args.shards:
+        shards = Path(args.shards)
+    elif (work / "shards" / "manifest.json").exists():
+        shards = work / "shards"
+    else:
+        shards = make_shards(work, args.videos)
     rows = []
     for seed in args.seeds:
         for pruner in (args.pruner, "none"):
+            kept = [r for r in finished if (r["seed"], r["pruner"]) == (seed, pruner)]
+            if kept:
+                rows.append(kept[-1])
+                print(f"seed {seed} {pruner}: finished already in {work}", flush=True)
+                continue
             rows.append(run_one(shards, work, seed, pruner, args))
-            print(json.dumps(rows[-1]), flush=True)
+            with open(work / "results.jsonl", "a") as f:
+                f.write(json.dumps(rows[-1]) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            brief = {k: v for k, v in rows[-1].items() if k != "trials"}
+            print(json.dumps(brief), flush=True)
     ray.shutdown()
 
     print(

@@ -1,0 +1,111 @@
+"""benchmarks/sweep_efficiency.py without training: the pruner replay (hand-computed), the
+per-trial curves it keeps in its figures (read back from a real Optuna SQLite study), and the
+work folder that lets an interrupted benchmark continue."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import sweep_efficiency as eff  # noqa: E402
+
+# three trials of 3 epochs, in trial order
+CURVES = [[0.3, 0.5, 0.6], [0.2, 0.55, 0.58], [0.4, 0.45, 0.7]]
+
+
+def _median(warmup: int) -> dict:
+    return {"kind": "median", "n_startup_trials": 1, "n_warmup_steps": warmup}
+
+
+def test_replay_of_a_median_rule_by_hand():
+    # decisions from epoch 1, against the one completed trial (0.3, 0.5, 0.6):
+    # trial 1 is pruned at epoch 1 (0.2 < 0.3), trial 2 at epoch 2 (0.45 < 0.5)
+    r = eff.replay(CURVES, _median(0), epochs=3)
+    assert (r["trial_epochs"], r["of"], r["best"]) == (3 + 1 + 2, 9, 0.6)
+    assert r["ratio"] == pytest.approx(6 / 9)
+    # first decision at epoch 2: trial 1 passes it (0.55 >= 0.5) and is pruned at epoch 3
+    # (0.58 < 0.6: only completed trials count); trial 2 still stops at epoch 2 (0.45 < 0.5)
+    r = eff.replay(CURVES, _median(1), epochs=3)
+    assert (r["trial_epochs"], r["best"]) == (3 + 3 + 2, 0.6)
+    # no pruner: every epoch is spent and the best is the best of all curves
+    r = eff.replay(CURVES, {"kind": "none"}, epochs=3)
+    assert (r["trial_epochs"], r["best"]) == (9, 0.7)
+
+
+def test_figures_keep_the_curves_a_replay_needs(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="eff-s0-none", storage=storage, direction="maximize")
+    for i, curve in enumerate(CURVES):
+        trial = study.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+        for epoch, value in enumerate(curve, start=1):
+            trial.report(value, epoch)
+        study.tell(trial, max(curve))
+        assert trial.number == i
+    failed = study.ask()  # a crashed trial: no curve, not replayed
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+
+    trials = eff.study_curves(storage, "eff-s0-none")
+    assert [t["state"] for t in trials] == ["COMPLETE"] * 3 + ["FAIL"]
+    assert [t["values"] for t in trials[:3]] == CURVES
+    assert set(trials[0]["params"]) == {"optim.lr"}
+
+    rows = [
+        {"seed": 0, "pruner": "median", "trials": trials[:1]},
+        {"seed": 0, "pruner": "none", "trials": trials},
+    ]
+    jsonl = tmp_path / "results.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figures = tmp_path / "figures.json"
+    figures.write_text(json.dumps({"rows": rows}))
+    [(_, from_study)] = eff.recorded_curves(storage)
+    for source in (jsonl, figures):
+        [(label, curves)] = eff.recorded_curves(str(source))  # the unpruned row only
+        assert curves == from_study == CURVES
+        assert label.endswith("(seed 0)")
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"rows": [{"seed": 1, "pruner": "none", "best": 0.5}]}))
+    with pytest.raises(SystemExit, match="seed-1 row has no per-trial curves"):
+        eff.recorded_curves(str(old))
+
+
+def _args(workdir: Path, **changed) -> argparse.Namespace:
+    args = {
+        "trials": 12,
+        "epochs": 4,
+        "parallel": 2,
+        "startup": 2,
+        "videos": 48,
+        "pruner": "median",
+        "sampler": "tpe",
+        "warmup": 1,
+        "min_resource": 1,
+        "reduction_factor": 2,
+        "override": [],
+        "shards": None,
+        "seeds": [0, 1],
+        "workdir": str(workdir),
+    }
+    return argparse.Namespace(**{**args, **changed})
+
+
+def test_work_folder_returns_finished_sweeps_and_refuses_other_settings(tmp_path):
+    work = tmp_path / "eff"
+    folder, rows = eff.open_workdir(_args(work))
+    assert folder == work and rows == []
+    row = {"seed": 0, "pruner": "median", "trial_epochs": 30, "best": 0.5, "trials": []}
+    (work / "results.jsonl").write_text(json.dumps(row) + "\n")
+
+    # the same command (another seed list is the same study: seeds are its rows)
+    folder, rows = eff.open_workdir(_args(work, seeds=[1]))
+    assert rows == [row]
+
+    with pytest.raises(SystemExit, match=r"other settings \(epochs, pruner_settings differ\)"):
+        eff.open_workdir(_args(work, epochs=8, warmup=3))
+    assert json.loads((work / "settings.json").read_text())["epochs"] == 4  # unchanged
