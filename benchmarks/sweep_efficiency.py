@@ -220,6 +220,7 @@ def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
     from tuning.pruning import build_pruner
     from tuning.spec import PrunerSpec
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one in-memory study per replay
     pruner = build_pruner(PrunerSpec(**settings), epochs=epochs)
     sim = optuna.create_study(direction="maximize", pruner=pruner)
     spent, best = 0, None
