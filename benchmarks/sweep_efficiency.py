@@ -92,6 +92,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -169,60 +170,48 @@ def study_curves(storage: str, study_name: str) -> list[dict]:
     ]
 
 
+def _complete_curves(trials: list[dict]) -> list[list[float]]:
+    """The per-epoch values of the COMPLETE trials among ``trials``, in trial order."""
+    done = sorted((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["number"])
+    return [t["values"] for t in done]
+
+
 def recorded_curves(source: str) -> list[tuple[str, list[list[float]]]]:
     """The learning curves of the COMPLETE trials of finished *unpruned* sweeps, in trial
     order: from an Optuna storage URL, or from a figures file of this script (``--json``
     output, or a work folder's ``results.jsonl``: one curve set per unpruned row)."""
     path = Path(source)
-    if path.is_file():
-        text = path.read_text()
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)["rows"]
-        out = []
-        for row in rows:
-            if row["pruner"] != "none":
-                continue
-            if "trials" not in row:
-                raise SystemExit(
-                    f"{source}: the unpruned seed-{row['seed']} row has no per-trial curves "
-                    "(figures written before they were recorded); replay its study's storage "
-                    "URL instead"
-                )
-            done = sorted(
-                (t for t in row["trials"] if t["state"] == "COMPLETE"), key=lambda t: t["number"]
+    if not path.is_file():
+        import optuna
+
+        study_name = optuna.get_all_study_summaries(source)[0].study_name
+        return [(source, _complete_curves(study_curves(source, study_name)))]
+    text = path.read_text()
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = json.loads(text)["rows"]
+    out = []
+    for row in rows:
+        if row["pruner"] != "none":
+            continue
+        if "trials" not in row:
+            raise SystemExit(
+                f"{source}: the unpruned seed-{row['seed']} row has no per-trial curves "
+                "(figures written before they were recorded); replay its study's storage "
+                "URL instead"
             )
-            out.append((f"{source} (seed {row['seed']})", [t["values"] for t in done]))
-        if not out:
-            raise SystemExit(f"{source}: no unpruned sweep in these figures")
-        return out
+        out.append((f"{source} (seed {row['seed']})", _complete_curves(row["trials"])))
+    if not out:
+        raise SystemExit(f"{source}: no unpruned sweep in these figures")
+    return out
+
+
+def _replay_into(sim: Any, curves: list[list[float]]) -> tuple[int, float | None]:
+    """Feed ``curves`` to the in-memory study ``sim`` one trial after another, asking its
+    pruner after each epoch: (trial-epochs spent, best value kept)."""
     import optuna
 
-    summaries = optuna.get_all_study_summaries(source)
-    recorded = optuna.load_study(study_name=summaries[0].study_name, storage=source)
-    done = [t for t in recorded.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    curves = [
-        [t.intermediate_values[e] for e in sorted(t.intermediate_values)]
-        for t in sorted(done, key=lambda t: t.number)
-    ]
-    return [(source, curves)]
-
-
-def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
-    """Replay a pruner on the learning curves of a finished *unpruned* sweep (same trials in
-    the same order, each epoch's value reported as it was recorded): the trial-epochs it would
-    have spent and the best value it would have kept. Approximate: in a real pruned sweep TPE
-    sees the pruned trials and samples other parameters afterwards. The study is maximised
-    (the spec's objective, val mean IoU)."""
-    import optuna
-
-    from tuning.pruning import build_pruner
-    from tuning.spec import PrunerSpec
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one in-memory study per replay
-    pruner = build_pruner(PrunerSpec(**settings), epochs=epochs)
-    sim = optuna.create_study(direction="maximize", pruner=pruner)
     spent, best = 0, None
     for curve in curves:
         trial = sim.ask()
@@ -237,6 +226,27 @@ def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
         else:
             sim.tell(trial, kept)
         best = kept if best is None else max(best, kept)
+    return spent, best
+
+
+def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
+    """Replay a pruner on the learning curves of a finished *unpruned* sweep (same trials in
+    the same order, each epoch's value reported as it was recorded): the trial-epochs it would
+    have spent and the best value it would have kept. Approximate: in a real pruned sweep TPE
+    sees the pruned trials and samples other parameters afterwards. The study is maximised
+    (the spec's objective, val mean IoU)."""
+    import optuna
+
+    from tuning.pruning import build_pruner
+    from tuning.spec import PrunerSpec
+
+    pruner = build_pruner(PrunerSpec(**settings), epochs=epochs)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # quiet for this replay only
+    try:
+        spent, best = _replay_into(optuna.create_study(direction="maximize", pruner=pruner), curves)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     full = sum(len(c) for c in curves)
     return {"trial_epochs": spent, "of": full, "ratio": spent / full, "best": best}
 

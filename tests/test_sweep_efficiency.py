@@ -38,6 +38,16 @@ def test_replay_of_a_median_rule_by_hand():
     assert (r["trial_epochs"], r["best"]) == (9, 0.7)
 
 
+def test_replay_leaves_optunas_log_level_as_it_found_it():
+    before = optuna.logging.get_verbosity()
+    try:
+        optuna.logging.set_verbosity(optuna.logging.DEBUG)
+        eff.replay(CURVES, _median(0), epochs=3)
+        assert optuna.logging.get_verbosity() == optuna.logging.DEBUG
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
 def test_figures_keep_the_curves_a_replay_needs(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="eff-s0-none", storage=storage, direction="maximize")
