@@ -334,7 +334,20 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def write_doc(path: Path, body: str, command: str, *, key: str, data: str, ledger: Path) -> None:
+def trained_on(rows: Sequence[Mapping], key: str, pairs: Sequence[tuple[str, int]]) -> str:
+    """Where the table's runs trained, from their ledger rows: "CPU (n runs), ..." (a study
+    can span machines, and the same seed trains to other figures on another CPU)."""
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row["key"] == key and (row["variant"], row["seed"]) in pairs:
+            cpu = row.get("cpu") or "unknown CPU"
+            counts[cpu] = counts.get(cpu, 0) + 1
+    return ", ".join(f"{cpu} ({n} runs)" for cpu, n in counts.items()) or "no runs yet"
+
+
+def write_doc(
+    path: Path, body: str, command: str, *, key: str, data: str, ledger: Path, runs_on: str
+) -> None:
     import torch
 
     machine = (
@@ -350,7 +363,8 @@ def write_doc(path: Path, body: str, command: str, *, key: str, data: str, ledge
         "(`motion`: only motion tells the referred shape from an identical one; "
         "`appearance`: only colour/shape; `fast`: fast-moving objects).\n\n"
         f"{body}\n\n"
-        f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
+        f"Runs trained on: {runs_on}. Table written on: {machine}. "
+        f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')}.\n\n"
         f"Command: `{command}`\n\n"
         f"Settings key: {key} (recipe text, schema defaults, overrides and the shards' content "
         f"{data}). The runs behind the table, with their run ids, commits and every "
@@ -477,7 +491,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = " ".join(
         ["python", "benchmarks/ablation.py", *(sys.argv[1:] if argv is None else argv)]
     )
-    write_doc(Path(args.out), body, command, key=key, data=data, ledger=ledger)
+    runs_on = trained_on(rows, key, pairs)
+    write_doc(Path(args.out), body, command, key=key, data=data, ledger=ledger, runs_on=runs_on)
     print(f"table written to {args.out}")
     return 1 if failed else 0
 

@@ -104,8 +104,15 @@ from train_throughput import make_shards  # noqa: E402 - the same tiny refer-sha
 
 def pruner_settings(kind: str, args: argparse.Namespace) -> dict:
     """The spec's ``pruner`` block for ``kind`` (``none``: no pruning)."""
-    if kind in ("median", "percentile"):
+    if kind == "median":
         return {"kind": kind, "n_startup_trials": args.startup, "n_warmup_steps": args.warmup}
+    if kind == "percentile":
+        return {
+            "kind": kind,
+            "n_startup_trials": args.startup,
+            "n_warmup_steps": args.warmup,
+            "percentile": args.percentile,
+        }
     if kind in ("successive_halving", "hyperband"):
         return {
             "kind": kind,
@@ -115,11 +122,28 @@ def pruner_settings(kind: str, args: argparse.Namespace) -> dict:
     return {"kind": "none"}
 
 
+def rule_tag(settings: dict) -> str:
+    """A short name for a pruning rule, e.g. ``median-w2-s2`` (``none``: no pruning)."""
+    short = {
+        "n_warmup_steps": "w",
+        "n_startup_trials": "s",
+        "percentile": "p",
+        "min_resource": "r",
+        "reduction_factor": "f",
+    }
+    parts = [settings["kind"]]
+    for key, letter in short.items():
+        if key in settings:
+            parts.append(f"{letter}{settings[key]:g}")
+    return "-".join(parts)
+
+
 def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Namespace) -> dict:
     from tuning.spec import load_spec
     from tuning.sweep import run_sweep
 
-    name = f"eff-s{seed}-{pruner}"
+    settings = pruner_settings(pruner, args)
+    name = f"eff-s{seed}-{rule_tag(settings)}"
     folder = work / name
     spec = load_spec(
         SPEC,
@@ -137,7 +161,7 @@ def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Nam
         parallel=args.parallel,
         output_dir=str(folder / "sweeps"),
         sampler={"kind": args.sampler, "seed": seed, "n_startup_trials": args.startup},
-        pruner=pruner_settings(pruner, args),
+        pruner=settings,
         budget={"epochs": args.epochs},
     )
     t0 = time.perf_counter()
@@ -145,6 +169,7 @@ def run_one(shards: Path, work: Path, seed: int, pruner: str, args: argparse.Nam
     return {
         "seed": seed,
         "pruner": pruner,
+        "pruner_settings": settings,
         "trial_epochs": result.trial_epochs,
         "best": (result.best or {}).get("value"),
         "counts": result.counts,
@@ -252,13 +277,21 @@ def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
 
 
 def settings_of(args: argparse.Namespace) -> dict:
-    """What makes two runs of this script the same study (the work folder keeps it)."""
-    keys = ("trials", "epochs", "parallel", "startup", "videos", "pruner", "sampler")
+    """What the sweeps of one work folder share. The pruning rule is not part of it: a folder
+    holds one unpruned sweep per seed and a pruned one per (seed, rule), so several rules are
+    compared against the same unpruned sweeps."""
+    keys = ("trials", "epochs", "parallel", "startup", "videos", "sampler")
     out = {k: getattr(args, k) for k in keys}
-    out["pruner_settings"] = pruner_settings(args.pruner, args)
     out["override"] = list(args.override)
     out["shards"] = args.shards
     return out
+
+
+def finished_sweep(rows: list[dict], seed: int, rule: dict) -> dict | None:
+    """The last row of ``rows`` for sampler seed ``seed`` swept under pruning rule ``rule``
+    (``pruner_settings``), or None: the unpruned sweep of a seed serves every rule."""
+    kept = [r for r in rows if (r["seed"], r.get("pruner_settings")) == (seed, rule)]
+    return kept[-1] if kept else None
 
 
 def open_workdir(args: argparse.Namespace) -> tuple[Path, list[dict]]:
@@ -303,10 +336,13 @@ def main() -> int:
     ap.add_argument(
         "--pruner",
         default="successive_halving",
-        choices=["successive_halving", "hyperband", "median", "percentile"],
+        choices=["successive_halving", "hyperband", "median", "percentile", "none"],
+        help="the rule of the pruned sweeps (none: run the unpruned sweeps only, e.g. to "
+        "choose a rule with --replay before spending on it)",
     )
     ap.add_argument("--sampler", default="tpe", choices=["tpe", "random"], help="both sweeps")
     ap.add_argument("--warmup", type=int, default=0, help="median/percentile: n_warmup_steps")
+    ap.add_argument("--percentile", type=float, default=50.0, help="percentile: kept top %%")
     ap.add_argument("--min-resource", type=int, default=1, help="halving: first rung (epochs)")
     ap.add_argument("--reduction-factor", type=int, default=2, help="halving/hyperband rate")
     ap.add_argument("--shards", default=None, help="tiny shard root (default: build one)")
@@ -371,12 +407,14 @@ def main() -> int:
     else:
         shards = make_shards(work, args.videos)
     rows = []
+    kinds = ["none"] if args.pruner == "none" else [args.pruner, "none"]
     for seed in args.seeds:
-        for pruner in (args.pruner, "none"):
-            kept = [r for r in finished if (r["seed"], r["pruner"]) == (seed, pruner)]
-            if kept:
-                rows.append(kept[-1])
-                print(f"seed {seed} {pruner}: finished already in {work}", flush=True)
+        for pruner in kinds:
+            rule = pruner_settings(pruner, args)
+            kept = finished_sweep(finished, seed, rule)
+            if kept is not None:
+                rows.append(kept)
+                print(f"seed {seed} {rule_tag(rule)}: finished already in {work}", flush=True)
                 continue
             rows.append(run_one(shards, work, seed, pruner, args))
             with open(work / "results.jsonl", "a") as f:
@@ -391,13 +429,17 @@ def main() -> int:
         f"\nsweep efficiency: {args.trials} trials x {args.epochs} epochs, {args.parallel} in "
         f"parallel, seeds {args.seeds}, {os.cpu_count()} cores"
     )
-    print(f"{'seed':>4} {'pruner':>10} {'trial-epochs':>12} {'best mean IoU':>13} {'wall s':>7}")
+    print(f"{'seed':>4} {'rule':>16} {'trial-epochs':>12} {'best mean IoU':>13} {'wall s':>7}")
     for r in rows:
         best = f"{100 * r['best']:.1f}" if r["best"] is not None else "-"
         print(
-            f"{r['seed']:>4} {r['pruner']:>10} {r['trial_epochs']:>12} {best:>13} "
-            f"{r['wall_s']:>7.0f}"
+            f"{r['seed']:>4} {rule_tag(r['pruner_settings']):>16} {r['trial_epochs']:>12} "
+            f"{best:>13} {r['wall_s']:>7.0f}"
         )
+    if args.pruner == "none":
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows, "args": vars(args)}, indent=2))
+        return 0
     pruned = [r for r in rows if r["pruner"] != "none"]
     plain = [r for r in rows if r["pruner"] == "none"]
     ratio = sum(r["trial_epochs"] for r in pruned) / max(1, sum(r["trial_epochs"] for r in plain))
@@ -414,7 +456,10 @@ def main() -> int:
         )
     mean_p = sum(r["best"] or 0.0 for r in pruned) / len(pruned)
     mean_u = sum(r["best"] or 0.0 for r in plain) / len(plain)
-    print(f"trial-epochs with / without pruning (all seeds): {ratio:.2f}x (target <= 0.6x)")
+    print(
+        f"trial-epochs with / without pruning (all seeds, {rule_tag(pruned[0]['pruner_settings'])}"
+        f"): {ratio:.2f}x (target <= 0.6x)"
+    )
     print(f"best score equal or better with pruning: {not_worse}/{len(pruned)} seeds")
     print(
         f"mean best over seeds: {100 * mean_p:.2f} with pruning vs {100 * mean_u:.2f} without "

@@ -158,6 +158,7 @@ def test_table_only_writes_the_finished_runs_and_names_the_missing(tmp_path):
     assert "(rerun the command without --table-only to train them): (spatial_only, seed 1)" in doc
     assert "train.num_workers=1" in doc.split("Command:")[1]
     assert f"Settings key: {key} " in doc
+    assert f"Runs trained on: {ablation.cpu_model()} (3 runs). Table written on: " in doc
 
     # the three finished runs went to the ledger (seed-major), with their provenance
     rows = ablation.read_ledger(ledger)
@@ -175,7 +176,7 @@ def test_table_only_writes_the_finished_runs_and_names_the_missing(tmp_path):
     out.unlink()
     other = f"sqlite:///{tmp_path / 'other.db'}"
     assert ablation.main(["--tracking-uri", other, *argv]) == 0
-    assert out.read_text().split("Machine:")[0] == doc.split("Machine:")[0]
+    assert out.read_text().split("Table written on:")[0] == doc.split("Table written on:")[0]
     assert ablation.read_ledger(ledger) == rows
 
 

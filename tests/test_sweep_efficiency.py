@@ -97,6 +97,7 @@ def _args(workdir: Path, **changed) -> argparse.Namespace:
         "warmup": 1,
         "min_resource": 1,
         "reduction_factor": 2,
+        "percentile": 50.0,
         "override": [],
         "shards": None,
         "seeds": [0, 1],
@@ -116,6 +117,31 @@ def test_work_folder_returns_finished_sweeps_and_refuses_other_settings(tmp_path
     folder, rows = eff.open_workdir(_args(work, seeds=[1]))
     assert rows == [row]
 
-    with pytest.raises(SystemExit, match=r"other settings \(epochs, pruner_settings differ\)"):
-        eff.open_workdir(_args(work, epochs=8, warmup=3))
+    # another pruning rule is another row of the same folder, compared with the same unpruned
+    # sweeps; a different budget is another study and is refused
+    folder, rows = eff.open_workdir(_args(work, pruner="percentile", warmup=2))
+    assert rows == [row]
+    with pytest.raises(SystemExit, match=r"other settings \(epochs, trials differ\)"):
+        eff.open_workdir(_args(work, epochs=8, trials=6, warmup=3))
     assert json.loads((work / "settings.json").read_text())["epochs"] == 4  # unchanged
+
+
+def test_finished_sweeps_are_matched_by_seed_and_rule():
+    args = _args(Path("unused"), warmup=2)
+    median = eff.pruner_settings("median", args)
+    pct = eff.pruner_settings("percentile", _args(Path("unused"), warmup=2, percentile=25.0))
+    none = eff.pruner_settings("none", args)
+    assert eff.rule_tag(median) == "median-w2-s2"
+    assert eff.rule_tag(pct) == "percentile-w2-s2-p25"
+    assert eff.rule_tag(none) == "none"
+    rows = [
+        {"seed": 0, "pruner_settings": none, "best": 0.1},
+        {"seed": 0, "pruner_settings": median, "best": 0.2},
+        {"seed": 1, "pruner_settings": none, "best": 0.3},
+        {"seed": 0, "pruner": "median", "best": 0.4},  # written before rules were recorded
+    ]
+    assert eff.finished_sweep(rows, 0, none)["best"] == 0.1
+    assert eff.finished_sweep(rows, 0, median)["best"] == 0.2
+    assert eff.finished_sweep(rows, 1, none)["best"] == 0.3
+    assert eff.finished_sweep(rows, 0, pct) is None  # another rule: not run yet
+    assert eff.finished_sweep(rows, 1, median) is None
