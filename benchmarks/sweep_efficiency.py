@@ -85,10 +85,10 @@ run on this recipe.
 **8 epochs (2026-12-03, same recipe, 2 shared cores, Intel Xeon).** The unpruned sweeps ran
 first (``--epochs 8 --pruner none --startup 2 --workdir W --seeds 0 1``); the rule was then
 chosen by ``--replay`` on seed 0's unpruned curves alone and run on both seeds
-(``--epochs 8 --pruner median --warmup 2 --startup 2 --workdir W --seeds 0 1 --json
-docs/sweep_efficiency.json``). Every finished sweep, with each trial's curve, is in
-``docs/sweep_efficiency_runs.jsonl`` (copy it to ``W/results.jsonl`` to continue the study in
-another checkout: finished sweeps are skipped).
+(``--epochs 8 --pruner median --warmup 2 --startup 2 --workdir W --seeds 0 1``). Every
+finished sweep, with each trial's curve, is in ``docs/sweep_efficiency_runs.jsonl`` (copy it
+to ``W/results.jsonl`` to continue the study in another checkout: finished sweeps are
+skipped).
 - replay on seed 0: ``median --warmup 2`` (first decision at epoch 3) 0.54x keeping the best
   68.34; ``--warmup 1`` 0.38x but loses it (60.13); ``--warmup 3`` 0.62x; ``successive_halving
   --min-resource 2`` or ``3`` 0.42–0.54x but loses it (65.27);
