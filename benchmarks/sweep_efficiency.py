@@ -317,6 +317,18 @@ def finished_sweep(rows: list[dict], seed: int, rule: dict) -> dict | None:
     return kept[-1] if kept else None
 
 
+def pending(rows: list[dict], seeds: list[int], rules: list[dict]) -> list[tuple[int, str]]:
+    """The (seed, rule tag) sweeps of ``seeds`` x ``rules`` that ``rows`` has not finished,
+    in the order they run. Empty: everything is on record, and a rerun only prints the
+    figures (no Ray, no shards)."""
+    return [
+        (seed, rule_tag(rule))
+        for seed in seeds
+        for rule in rules
+        if finished_sweep(rows, seed, rule) is None
+    ]
+
+
 def open_workdir(args: argparse.Namespace) -> tuple[Path, list[dict]]:
     """The work folder and the sweeps already finished in it. ``--workdir`` keeps the shards,
     every study and ``results.jsonl`` (one row per finished sweep), so a rerun of the same
@@ -417,20 +429,23 @@ def main() -> int:
     from pipelines.ray_setup import runtime_env
 
     work, finished = open_workdir(args)
-    ray.init(
-        num_cpus=max(4, 2 * args.parallel),
-        object_store_memory=512 * 1024**2,
-        include_dashboard=False,
-        runtime_env=runtime_env(local=True),
-    )
-    if args.shards:
-        shards = Path(args.shards)
-    elif (work / "shards" / "manifest.json").exists():
-        shards = work / "shards"
-    else:
-        shards = make_shards(work, args.videos)
-    rows = []
     kinds = ["none"] if args.pruner == "none" else [args.pruner, "none"]
+    todo = pending(finished, args.seeds, [pruner_settings(k, args) for k in kinds])
+    shards = None
+    if todo:  # Ray and the shards only when a sweep is left to train
+        ray.init(
+            num_cpus=max(4, 2 * args.parallel),
+            object_store_memory=512 * 1024**2,
+            include_dashboard=False,
+            runtime_env=runtime_env(local=True),
+        )
+        if args.shards:
+            shards = Path(args.shards)
+        elif (work / "shards" / "manifest.json").exists():
+            shards = work / "shards"
+        else:
+            shards = make_shards(work, args.videos)
+    rows = []
     for seed in args.seeds:
         for pruner in kinds:
             rule = pruner_settings(pruner, args)
@@ -439,6 +454,7 @@ def main() -> int:
                 rows.append(kept)
                 print(f"seed {seed} {rule_tag(rule)}: finished already in {work}", flush=True)
                 continue
+            assert shards is not None
             rows.append(run_one(shards, work, seed, pruner, args))
             with open(work / "results.jsonl", "a") as f:
                 f.write(json.dumps(rows[-1]) + "\n")
@@ -446,7 +462,8 @@ def main() -> int:
                 os.fsync(f.fileno())
             brief = {k: v for k, v in rows[-1].items() if k != "trials"}
             print(json.dumps(brief), flush=True)
-    ray.shutdown()
+    if todo:
+        ray.shutdown()
 
     print(
         f"\nsweep efficiency: {args.trials} trials x {args.epochs} epochs, {args.parallel} in "

@@ -145,3 +145,57 @@ def test_finished_sweeps_are_matched_by_seed_and_rule():
     assert eff.finished_sweep(rows, 1, none)["best"] == 0.3
     assert eff.finished_sweep(rows, 0, pct) is None  # another rule: not run yet
     assert eff.finished_sweep(rows, 1, median) is None
+
+
+def test_pending_lists_the_sweeps_not_on_record():
+    args = _args(Path("unused"), warmup=2)
+    median, none = eff.pruner_settings("median", args), eff.pruner_settings("none", args)
+    rows = [{"seed": 0, "pruner_settings": none}, {"seed": 1, "pruner_settings": median}]
+    assert eff.pending(rows, [0, 1], [median, none]) == [(0, "median-w2-s2"), (1, "none")]
+    assert eff.pending(rows, [0], [none]) == []
+
+
+def test_a_rerun_with_every_sweep_on_record_prints_the_figures_without_training(tmp_path):
+    import subprocess
+
+    work = tmp_path / "eff"
+    args = _args(work, warmup=1, seeds=[0])
+    eff.open_workdir(args)  # writes the folder's settings as the script would
+    rows = [
+        {
+            "seed": 0,
+            "pruner": kind,
+            "pruner_settings": eff.pruner_settings(kind, args),
+            "trial_epochs": spent,
+            "best": best,
+            "wall_s": 1.0,
+            "trials": [],
+        }
+        for kind, spent, best in (("median", 30, 0.52), ("none", 48, 0.5))
+    ]
+    (work / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    script = Path(eff.__file__)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--pruner",
+            "median",
+            "--warmup",
+            "1",
+            "--seeds",
+            "0",
+            "--workdir",
+            str(work),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    assert "seed 0 median-w1-s2: finished already" in out
+    assert "seed 0 none: finished already" in out
+    assert "trial-epochs 30/48 = 0.62x, best 52.00 vs 50.00 (equal or better)" in out
+    assert "(all seeds, median-w1-s2): 0.62x (target <= 0.6x)" in out
+    assert not (work / "shards").exists()  # nothing was built
+    assert not any(p.name.startswith("eff-s0") for p in work.iterdir())  # no study either
