@@ -6,6 +6,7 @@
     python benchmarks/sweep_efficiency.py --replay sqlite:///.../optuna.db --pruner median \
         --warmup 1 --startup 1
     python benchmarks/sweep_efficiency.py --replay DIR/results.jsonl --pruner median --warmup 2
+    python benchmarks/sweep_efficiency.py --replay docs/sweep_efficiency_runs.jsonl --epochs 8 --grid
 
 For each sampler seed, runs ``configs/sweeps/refer_shapes_tiny.yaml`` (TPE over lr, weight
 decay, pos_weight, LASP; 1 CPU worker per trial) twice on the same tiny synthetic shards with
@@ -33,6 +34,11 @@ not counted; ``wall_s`` is that of the last invocation). ``--seeds`` may differ 
 reruns, so one seed can run per sitting; other settings are refused for that folder.
 ``--replay`` reads the curves back from such a file (or ``--json`` output) as well as from a
 study's storage, so a committed figures file is enough to try other pruning rules.
+``--replay ... --grid`` replays a grid of rules (median and percentile over warmup, startup
+and kept share; successive halving and hyperband over first rung and rate) on every given
+unpruned sweep at once and prints the cheapest rule that keeps every sweep's best, and the
+rules that do so at <= 0.6x: whether *any* of those rules could meet the target on the
+recorded curves.
 
 Measured on 2026-12-01, 2 shared cores (recipe of commit cb8d014: random-init 3D encoder,
 trained text encoder).
@@ -299,6 +305,85 @@ def replay(curves: list[list[float]], settings: dict, epochs: int) -> dict:
     return {"trial_epochs": spent, "of": full, "ratio": spent / full, "best": best}
 
 
+def rule_grid(epochs: int) -> list[dict]:
+    """The pruning rules ``--grid`` replays: median and percentile (10-75 kept) with warmup
+    1 .. epochs/2 and startup 1-4, successive halving (first rung 1 .. epochs/2, rate 2-4)
+    and hyperband (first rung 1-2, rate 2-3)."""
+    rules: list[dict] = []
+    for warmup in range(1, max(1, epochs // 2) + 1):
+        for startup in (1, 2, 3, 4):
+            base = {"n_startup_trials": startup, "n_warmup_steps": warmup}
+            rules.append({"kind": "median", **base})
+            for pct in (10.0, 25.0, 40.0, 50.0, 60.0, 75.0):
+                rules.append({"kind": "percentile", **base, "percentile": pct})
+    for first in range(1, max(1, epochs // 2) + 1):
+        for rate in (2, 3, 4):
+            rules.append(
+                {"kind": "successive_halving", "min_resource": first, "reduction_factor": rate}
+            )
+    for first in (1, 2):
+        for rate in (2, 3):
+            rules.append({"kind": "hyperband", "min_resource": first, "reduction_factor": rate})
+    return rules
+
+
+def grid(
+    curve_sets: list[list[list[float]]], rules: list[dict], epochs: int, target: float = 0.6
+) -> dict:
+    """Replay every rule of ``rules`` on every unpruned sweep of ``curve_sets`` (one list of
+    learning curves per seed). A rule *keeps* a sweep's best when its replayed best is equal
+    or better. Returns every rule's figures (``rows``: tag, trial-epochs per sweep, ratio over
+    all sweeps, bests, kept count), sorted cheapest first, the cheapest rule that keeps every
+    sweep's best (``cheapest_keeping_all``, or None), the rules at <= ``target`` that keep
+    every best (``meeting``) and, at <= ``target``, the rule with the highest mean best
+    (``closest``, or None when no rule is that cheap)."""
+    unpruned = [max(max(c) for c in curves) for curves in curve_sets]
+    full = sum(sum(len(c) for c in curves) for curves in curve_sets)
+    rows = []
+    for rule in rules:
+        runs = [replay(curves, rule, epochs) for curves in curve_sets]
+        spent = [r["trial_epochs"] for r in runs]
+        bests = [r["best"] for r in runs]
+        rows.append(
+            {
+                "rule": rule_tag(rule),
+                "trial_epochs": spent,
+                "ratio": sum(spent) / full,
+                "best": bests,
+                "kept": sum(b >= u for b, u in zip(bests, unpruned, strict=True)),
+            }
+        )
+    rows.sort(key=lambda r: (r["ratio"], r["rule"]))
+    every = [r for r in rows if r["kept"] == len(curve_sets)]
+    cheap = [r for r in rows if r["ratio"] <= target]
+    return {
+        "unpruned_best": unpruned,
+        "rows": rows,
+        "cheapest_keeping_all": every[0] if every else None,
+        "meeting": [r for r in every if r["ratio"] <= target],
+        "closest": max(cheap, key=lambda r: (sum(r["best"]), -r["ratio"])) if cheap else None,
+    }
+
+
+def _print_grid(labels: list[str], found: dict, target: float) -> None:
+    def line(r: dict) -> str:
+        bests = ", ".join(f"{100 * b:.2f}" for b in r["best"])
+        spent = ", ".join(str(t) for t in r["trial_epochs"])
+        return f"{r['rule']}: {r['ratio']:.3f}x (trial-epochs {spent}; best {bests})"
+
+    print(f"{len(found['rows'])} rules replayed on {len(labels)} unpruned sweeps:")
+    for label in labels:
+        print(f"  {label}")
+    print("unpruned best: " + ", ".join(f"{100 * u:.2f}" for u in found["unpruned_best"]))
+    r = found["cheapest_keeping_all"]
+    print("cheapest rule keeping every best: " + (line(r) if r else "none"))
+    print(f"rules at <= {target}x keeping every best: {len(found['meeting'])}")
+    for r in found["meeting"]:
+        print(f"  {line(r)}")
+    r = found["closest"]
+    print(f"highest mean best at <= {target}x: " + (line(r) if r else "none"))
+
+
 def settings_of(args: argparse.Namespace) -> dict:
     """What the sweeps of one work folder share. The pruning rule is not part of it: a folder
     holds one unpruned sweep per seed and a pruned one per (seed, rule), so several rules are
@@ -403,7 +488,20 @@ def main() -> int:
         help="no training: replay the pruner on the curves of finished unpruned sweeps "
         "(Optuna storage URLs, or figures files: --json output or a work folder's results.jsonl)",
     )
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="with --replay: replay every rule of a grid (median, percentile, successive "
+        "halving, hyperband settings) on all the given sweeps and print the cheapest rule that "
+        "keeps every best, and the rules that do so at <= 0.6x",
+    )
     args = ap.parse_args()
+    if args.replay and args.grid:
+        labelled = [lc for source in args.replay for lc in recorded_curves(source)]
+        labels = [label for label, _ in labelled]
+        found = grid([c for _, c in labelled], rule_grid(args.epochs), args.epochs)
+        _print_grid(labels, found, 0.6)
+        return 0
     if args.replay:
         for source in args.replay:
             for label, curves in recorded_curves(source):

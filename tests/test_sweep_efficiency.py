@@ -199,3 +199,36 @@ def test_a_rerun_with_every_sweep_on_record_prints_the_figures_without_training(
     assert "(all seeds, median-w1-s2): 0.62x (target <= 0.6x)" in out
     assert not (work / "shards").exists()  # nothing was built
     assert not any(p.name.startswith("eff-s0") for p in work.iterdir())  # no study either
+
+
+def test_grid_finds_the_cheapest_rule_that_keeps_every_best():
+    # CURVES (best 0.7) and a second sweep whose best trial comes first (best 0.7):
+    # median w0 spends 6 + 4 (its second trial is pruned at epoch 1: 0.1 < 0.5) and loses
+    # CURVES' best; median w1 spends 8 + 5 and loses it too; only no pruning keeps both
+    second = [[0.5, 0.6, 0.7], [0.1, 0.2, 0.3]]
+    rules = [_median(0), _median(1), {"kind": "none"}]
+    found = eff.grid([CURVES, second], rules, epochs=3)
+    assert found["unpruned_best"] == [0.7, 0.7]
+    assert [(r["rule"], r["trial_epochs"], r["kept"]) for r in found["rows"]] == [
+        ("median-w0-s1", [6, 4], 1),
+        ("median-w1-s1", [8, 5], 1),
+        ("none", [9, 6], 2),
+    ]
+    assert found["rows"][0]["ratio"] == pytest.approx(10 / 15)
+    assert found["rows"][0]["best"] == [0.6, 0.7]
+    assert found["cheapest_keeping_all"]["rule"] == "none"
+    assert found["meeting"] == [] and found["closest"] is None  # nothing at <= 0.6x
+    loose = eff.grid([CURVES, second], rules, epochs=3, target=0.7)
+    assert loose["closest"]["rule"] == "median-w0-s1" and loose["meeting"] == []
+    assert [r["rule"] for r in eff.grid([CURVES, second], rules, 3, 1.0)["meeting"]] == ["none"]
+
+
+def test_the_grid_holds_distinct_valid_rules():
+    from tuning.spec import PrunerSpec
+
+    rules = eff.rule_grid(8)
+    tags = [eff.rule_tag(r) for r in rules]
+    assert len(tags) == len(set(tags)) == 4 * 4 * 7 + 4 * 3 + 2 * 2
+    for rule in rules:
+        PrunerSpec(**rule)  # every setting is one the spec accepts
+    assert {r["n_warmup_steps"] for r in rules if "n_warmup_steps" in r} == {1, 2, 3, 4}
