@@ -7,6 +7,8 @@
         --warmup 1 --startup 1
     python benchmarks/sweep_efficiency.py --replay DIR/results.jsonl --pruner median --warmup 2
     python benchmarks/sweep_efficiency.py --replay docs/sweep_efficiency_runs.jsonl --epochs 8 --grid
+    python benchmarks/sweep_efficiency.py --replay docs/sweep_efficiency_runs.jsonl --epochs 8 \
+        --bootstrap 24 [--draws 100]
 
 For each sampler seed, runs ``configs/sweeps/refer_shapes_tiny.yaml`` (TPE over lr, weight
 decay, pos_weight, LASP; 1 CPU worker per trial) twice on the same tiny synthetic shards with
@@ -39,6 +41,11 @@ and kept share; successive halving and hyperband over first rung and rate) on ev
 unpruned sweep at once and prints the cheapest rule that keeps every sweep's best, and the
 rules that do so at <= 0.6x: whether *any* of those rules could meet the target on the
 recorded curves.
+``--replay ... --bootstrap N`` estimates every grid rule on sweeps of N trials that were not
+run: it draws N curves without replacement from all the given unpruned sweeps' curves, in
+random order, ``--draws`` times, and prints for the rules at <= 0.6x the ratio (with its 5-95 %
+range over draws), how often the draw's best is kept and the mean loss of best. TPE's trials
+are no random sample, so a rule picked this way still has to run for real.
 
 Measured on 2026-12-01, 2 shared cores (recipe of commit cb8d014: random-init 3D encoder,
 trained text encoder).
@@ -390,6 +397,65 @@ def grid(
     }
 
 
+def bootstrap(
+    curve_sets: list[list[list[float]]],
+    rules: list[dict],
+    epochs: int,
+    trials: int,
+    draws: int,
+    seed: int = 0,
+) -> list[dict]:
+    """Estimate each rule of ``rules`` on sweeps of ``trials`` trials that were not run:
+    ``draws`` times, draw ``trials`` curves without replacement from the pool of every
+    recorded curve (all of ``curve_sets``), in random order, and replay the rule on them.
+    Per rule: the ratio of trial-epochs over all draws (``ratio``), its 5th and 95th
+    percentile over draws (``ratio_p5``, ``ratio_p95``), the share of draws whose best is
+    kept (``keep``) and the mean loss of best value (``loss``). Sorted by ratio. An estimate:
+    the trials of a TPE sweep are not a random sample (TPE concentrates on good regions and
+    reacts to prunings), which is why a rule chosen this way still has to run for real."""
+    import random
+
+    pool = [curve for curves in curve_sets for curve in curves]
+    if trials > len(pool):
+        raise SystemExit(
+            f"--bootstrap {trials}: only {len(pool)} recorded curves to draw from; "
+            "ask for at most that many trials or give more unpruned sweeps to --replay"
+        )
+    rng = random.Random(seed)
+    samples = [rng.sample(pool, trials) for _ in range(draws)]
+    tops = [max(max(c) for c in sample) for sample in samples]
+    rows = []
+    for rule in rules:
+        runs = [replay(sample, rule, epochs) for sample in samples]
+        ratios = sorted(r["ratio"] for r in runs)
+        rows.append(
+            {
+                "rule": rule_tag(rule),
+                "ratio": sum(r["trial_epochs"] for r in runs) / sum(r["of"] for r in runs),
+                "ratio_p5": ratios[int(0.05 * (draws - 1))],
+                "ratio_p95": ratios[int(round(0.95 * (draws - 1)))],
+                "keep": sum(r["best"] >= t for r, t in zip(runs, tops, strict=True)) / draws,
+                "loss": sum(t - r["best"] for r, t in zip(runs, tops, strict=True)) / draws,
+            }
+        )
+    rows.sort(key=lambda r: (r["ratio"], r["rule"]))
+    return rows
+
+
+def _print_bootstrap(rows: list[dict], trials: int, draws: int, pool: int, target: float) -> None:
+    print(
+        f"{len(rows)} rules on {draws} sweeps of {trials} trials drawn from {pool} recorded "
+        f"curves; rules at <= {target}x, the most often keeping the best first:"
+    )
+    print(f"{'rule':>32} {'ratio':>6} {'p5-p95':>11} {'keeps best':>10} {'mean loss':>9}")
+    cheap = sorted((r for r in rows if r["ratio"] <= target), key=lambda r: (-r["keep"], r["loss"]))
+    for r in cheap:
+        print(
+            f"{r['rule']:>32} {r['ratio']:>6.3f} {r['ratio_p5']:.2f}-{r['ratio_p95']:.2f} "
+            f"{100 * r['keep']:>9.0f}% {100 * r['loss']:>9.2f}"
+        )
+
+
 def _print_grid(labels: list[str], found: dict, target: float) -> None:
     def line(r: dict) -> str:
         bests = ", ".join(f"{100 * b:.2f}" for b in r["best"])
@@ -520,7 +586,24 @@ def main() -> int:
         "halving, hyperband settings) on all the given sweeps and print the cheapest rule that "
         "keeps every best, and the rules that do so at <= 0.6x",
     )
+    ap.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="TRIALS",
+        help="with --replay: estimate every grid rule on sweeps of TRIALS trials drawn from "
+        "the pooled recorded curves (--draws of them) and print the rules at <= 0.6x",
+    )
+    ap.add_argument("--draws", type=int, default=100, help="--bootstrap: sweeps drawn")
     args = ap.parse_args()
+    if args.replay and args.bootstrap:
+        curve_sets = [c for source in args.replay for _, c in recorded_curves(source)]
+        rows = bootstrap(
+            curve_sets, rule_grid(args.epochs), args.epochs, args.bootstrap, args.draws
+        )
+        pool = sum(len(c) for c in curve_sets)
+        _print_bootstrap(rows, args.bootstrap, args.draws, pool, TARGET)
+        return 0
     if args.replay and args.grid:
         labelled = [lc for source in args.replay for lc in recorded_curves(source)]
         labels = [label for label, _ in labelled]

@@ -232,3 +232,23 @@ def test_the_grid_holds_distinct_valid_rules():
     for rule in rules:
         PrunerSpec(**rule)  # every setting is one the spec accepts
     assert {r["n_warmup_steps"] for r in rules if "n_warmup_steps" in r} == {1, 2, 3, 4}
+
+
+def test_bootstrap_estimates_a_rule_over_the_orders_of_the_recorded_curves():
+    # pool: an early leader A and a late bloomer B; sweeps of 2 trials are A,B or B,A.
+    # median w0 s1, by hand: A,B -> A completes (2 epochs), B is pruned at epoch 1
+    # (0.1 < 0.5): 3/4 trial-epochs, best 0.6, the pool's best 0.9 lost (loss 0.3);
+    # B,A -> B completes, A passes epoch 1 (0.5 >= 0.1) and is pruned at epoch 2
+    # (0.6 < 0.9): 4/4 trial-epochs, best 0.9 kept
+    a, b = [0.5, 0.6], [0.1, 0.9]
+    (row,) = eff.bootstrap([[a], [b]], [_median(0)], epochs=2, trials=2, draws=40, seed=3)
+    assert row["rule"] == "median-w0-s1"
+    kept = round(row["keep"] * 40)
+    assert 0 < kept < 40  # both orders were drawn
+    assert row["ratio"] == pytest.approx((3 * (40 - kept) + 4 * kept) / (4 * 40))
+    assert row["loss"] == pytest.approx(0.3 * (40 - kept) / 40)
+    assert (row["ratio_p5"], row["ratio_p95"]) == (0.75, 1.0)
+    (plain,) = eff.bootstrap([[a, b]], [{"kind": "none"}], epochs=2, trials=2, draws=5)
+    assert (plain["ratio"], plain["keep"], plain["loss"]) == (1.0, 1.0, 0.0)
+    with pytest.raises(SystemExit, match="only 2 recorded curves"):
+        eff.bootstrap([[a, b]], [_median(0)], epochs=2, trials=3, draws=5)
