@@ -140,6 +140,25 @@ highest mean best at <= 0.6x (``percentile --percentile 25 --warmup 1 --startup 
 loses seed 2's best (57.62 vs 58.51). On this miniature the best trials are often late
 bloomers (seed 2's best is 46.9 at epoch 3, seed 3's trial 4 is 34.1), so a 12-trial sweep
 with an 8-epoch budget leaves pruning too little room.
+
+**24 trials x 8 epochs, fresh seeds 4 and 5 (2026-12-03, new folder, otherwise the same
+settings and machine).** More trials give a pruner more to act on after TPE's start-up. The
+rule was fixed before any 24-trial curve existed (commit 0b05f08), by ``--replay
+docs/sweep_efficiency_runs.jsonl --epochs 8 --bootstrap 24 --draws 200`` over seeds 0-3's 48
+curves: ``successive_halving --min-resource 2 --reduction-factor 2`` (rungs after epochs 2, 4;
+estimate 0.509x, 0.40-0.62 over draws, keeping the draw's best in 90 %). Every sweep, with
+each trial's curve, is in ``docs/sweep_efficiency_runs_24x8.jsonl``. Commands: ``--trials 24
+--epochs 8 --startup 2 --workdir W`` with ``--pruner none --seeds 4``, then ``--pruner
+successive_halving --min-resource 2 --reduction-factor 2 --seeds 4``.
+- seed 4, unpruned: best 69.10 (trial 14), 3999 s; pruned: **108/192 trial-epochs (0.56x),
+  best 69.63 (better; 8 COMPLETE, 16 PRUNED)**, 1801 s. The replay of the unpruned curves had
+  predicted 124/192 (0.65x) keeping 69.10: TPE's later trials are better than its first ones,
+  so in that fixed order they pass the rungs more often than in the bootstrap's random order;
+  in the real sweep TPE moved after the first prunings to lr 1.6-2.4e-3 (trials 13, 20-22),
+  where trial 20 reached 69.63;
+- seed 5: not run yet (one seed's pair takes about 95 min on 2 cores).
+The two parallel trials ran at 30-50 s per epoch here, against 13-15 s for one trial alone
+and 15 s in the 12-trial sweeps' logs; wall times are not comparable, trial-epochs are.
 """
 
 from __future__ import annotations
