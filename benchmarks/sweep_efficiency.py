@@ -451,8 +451,8 @@ def bootstrap(
             {
                 "rule": rule_tag(rule),
                 "ratio": sum(r["trial_epochs"] for r in runs) / sum(r["of"] for r in runs),
-                "ratio_p5": ratios[int(0.05 * (draws - 1))],
-                "ratio_p95": ratios[int(round(0.95 * (draws - 1)))],
+                "ratio_p5": ratios[round(0.05 * (draws - 1))],
+                "ratio_p95": ratios[round(0.95 * (draws - 1))],
                 "keep": sum(r["best"] >= t for r, t in zip(runs, tops, strict=True)) / draws,
                 "loss": sum(t - r["best"] for r, t in zip(runs, tops, strict=True)) / draws,
             }
